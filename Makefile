@@ -1,0 +1,29 @@
+# clue-run: `make install` sets up .venv; `make demo` installs and runs the main job; `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel by default: an unpinned torch can pull a multi-GB CUDA build. Override for a GPU machine.
+TORCH_SPEC ?= torch==2.13.0
+# Real CLUE/FewCLUE data (gzip); the runner also reads $CLUE_DATA_DIR or ./data.
+CLUE_DATA_DIR ?= $(abspath ../shared/data)
+export CLUE_DATA_DIR
+
+.PHONY: install demo test clean
+
+$(BIN)/clue-run: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(BIN)/clue-run
+
+demo: install
+	$(BIN)/clue-run train --config configs/demo.yaml
+
+test: install
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) build *.egg-info

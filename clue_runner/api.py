@@ -1,0 +1,268 @@
+"""The plain Python API behind the CLI: train, evaluate and predict."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_model, save_model
+
+from .config import ExperimentConfig, build_config
+from .data import SplitData, load_split
+from .errors import ClueRunError
+from .features import Encoded, collate, encode_examples, eval_batches
+from .heads import HEADS
+from .methods import build_methods
+from .metrics import compute_metrics
+from .models import encoder_from_config, load_encoder, load_tokenizer, model_slug, resolve_model
+from .results import RESULT_FILE, atomic_write_text, environment, read_result, write_result
+from .tasks import TaskSpec, get_task
+from .trainer import Event, Trainer, autocast_dtype, pick_device, seed_everything
+
+CONFIG_FILE = "config.yaml"
+BEST_DIR = "best"
+RESUME_DIR = "resume"
+PREDICTIONS_DIR = "predictions"
+
+
+def _log(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(message, highlight=False)
+
+
+# -- evaluation ---------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def predict_logits(model, enc: Encoded, batch_size: int, pad_id: int, device, amp) -> tuple[np.ndarray, float]:
+    """Logits for every example, in the examples' order, and the seconds it took."""
+    was_training = model.training
+    model.eval()
+    start = time.perf_counter()
+    parts, order = [], []
+    for idx in eval_batches(enc.lengths, batch_size):
+        batch = {k: v.to(device, non_blocking=True) for k, v in collate(enc, idx, pad_id).items() if k != "labels"}
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            parts.append(model(**batch).float())
+        order.append(idx)
+    logits = torch.cat(parts).cpu().numpy()  # one host sync for the whole split
+    seconds = time.perf_counter() - start
+    out = np.empty_like(logits)
+    out[np.concatenate(order)] = logits
+    model.train(was_training)
+    return out, seconds
+
+
+def score(task: TaskSpec, head_cls, logits: np.ndarray, enc: Encoded) -> dict[str, float]:
+    preds = head_cls.predict(torch.from_numpy(logits)).numpy()
+    return compute_metrics(task.metrics, enc.labels, preds, len(task.label.values))
+
+
+# -- building ------------------------------------------------------------------------------
+
+
+@dataclass
+class Loaded:
+    """A run's model ready to score: task, tokenizer, head module, device."""
+
+    cfg: ExperimentConfig
+    task: TaskSpec
+    tokenizer: object
+    model: torch.nn.Module
+    device: torch.device
+    amp: Optional[torch.dtype]
+
+    def encode(self, data: SplitData) -> Encoded:
+        return encode_examples(data.examples, self.tokenizer, self.cfg.data.max_length)
+
+    def logits(self, enc: Encoded) -> tuple[np.ndarray, float]:
+        return predict_logits(self.model, enc, self.cfg.train.eval_batch_size, self.tokenizer.pad_token_id,
+                              self.device, self.amp)
+
+
+def _split(cfg: ExperimentConfig, task: TaskSpec, split: str, limit=None, on_bad_row=None, data_dir=None) -> SplitData:
+    return load_split(task, split, data_dir=data_dir or cfg.data.dir, variant=cfg.data.variant,
+                      on_bad_row=on_bad_row or cfg.data.on_bad_row, source=cfg.data.source, limit=limit)
+
+
+def new_run_dir(cfg: ExperimentConfig) -> Path:
+    run_id = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-seed{cfg.train.seed}-{secrets.token_hex(2)}"
+    return Path(cfg.output_dir) / get_task(cfg.task).name / model_slug(cfg.model.name) / run_id
+
+
+# -- train ---------------------------------------------------------------------------------
+
+
+def train(cfg: ExperimentConfig, resume: Optional[Path] = None, on_event: Optional[Callable[[Event], None]] = None,
+          log: Callable[[str], None] = _log) -> Path:
+    """Fine-tune, keep the best checkpoint, write the run JSON; returns the run directory.
+
+    With `resume`, continue an interrupted run from its last saved state (its saved config wins).
+    """
+    wall_start = time.perf_counter()
+    if resume is not None:
+        resume = Path(resume)
+        if (resume / RESULT_FILE).is_file():
+            raise ClueRunError(f"{resume} already finished (it has {RESULT_FILE}); nothing to resume")
+        if not (resume / RESUME_DIR / "trainer.pt").is_file():
+            raise ClueRunError(f"{resume}: no resume state ({RESUME_DIR}/trainer.pt); was the run started?")
+        cfg = build_config(yaml.safe_load((resume / CONFIG_FILE).read_text(encoding="utf-8")), source=str(resume / CONFIG_FILE))
+    task = get_task(cfg.task)
+    methods = build_methods(cfg.methods)
+    head_cls = HEADS.get(task.head)
+
+    # Everything that can fail on bad input happens before the run directory exists.
+    train_data = _split(cfg, task, cfg.data.train_split, cfg.data.max_train_examples)
+    eval_data = _split(cfg, task, cfg.data.eval_split, cfg.data.max_eval_examples)
+    if not any(ex.label is not None for ex in train_data.examples):
+        raise ClueRunError(f"{train_data.source}: the training split has no labels")
+    model_path = resolve_model(cfg.model.name)
+    tokenizer = load_tokenizer(model_path)
+    seed_everything(cfg.train.seed)  # the new head's initial weights depend on the seed only
+    model = head_cls(load_encoder(model_path), len(task.label.values), cfg.model.dropout)
+    train_enc = encode_examples(train_data.examples, tokenizer, cfg.data.max_length)
+    eval_enc = encode_examples(eval_data.examples, tokenizer, cfg.data.max_length)
+    device = pick_device(cfg.train.device)
+    amp = autocast_dtype(cfg.train.precision, device)
+    model.to(device)
+    loaded = Loaded(cfg, task, tokenizer, model, device, amp)
+
+    run_dir = resume or new_run_dir(cfg)
+    if resume is None:
+        atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True, sort_keys=False))
+    eval_seconds = []
+
+    def evaluate() -> dict:
+        logits, seconds = loaded.logits(eval_enc)
+        eval_seconds.append(seconds)
+        return score(task, head_cls, logits, eval_enc)
+
+    trainer = Trainer(model, head_cls.loss, methods, train_enc, evaluate, task.main_metric, cfg.train,
+                      tokenizer.pad_token_id, device, resume_dir=run_dir / RESUME_DIR)
+    log(f"[bold]{task.name}[/] · {cfg.model.name} · {cfg.method_label()} · seed {cfg.train.seed} · "
+        f"{len(train_enc)} train / {len(eval_enc)} {cfg.data.eval_split} examples · {trainer.total_steps} steps on {device}")
+    for event in trainer.run():
+        if event.kind == "eval":
+            rec = event.state.history[-1]
+            shown = " ".join(f"{k}={v:.4f}" for k, v in event.metrics.items())
+            log(f"step {rec['step']} epoch {rec['epoch']:.2f} loss {rec['train_loss']:.4f} {shown}"
+                + (" [green]best[/]" if event.improved else ""))
+            if event.improved:
+                _save_best(run_dir / BEST_DIR, model, tokenizer)
+        if on_event is not None:
+            on_event(event)
+
+    state = trainer.state
+    result = {
+        "schema_version": 1,
+        "run_id": run_dir.name,
+        "status": "completed",
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "task": {"name": task.name, "version": task.version, "benchmark": task.benchmark,
+                 "variant": task.resolve_variant(cfg.data.variant), "eval_split": cfg.data.eval_split,
+                 "main_metric": task.main_metric, "metrics": task.metrics},
+        "model": {"name": cfg.model.name, "slug": model_slug(cfg.model.name), "resolved": model_path,
+                  "parameters": sum(p.numel() for p in model.parameters())},
+        "method": cfg.method_label(),
+        "seed": cfg.train.seed,
+        "config": cfg.model_dump(mode="json"),
+        "data": {"train": train_data.summary(), "eval": eval_data.summary()},
+        "history": state.history,
+        "best": state.best,
+        "final": state.history[-1],
+        "stopped_early": state.stopped_early,
+        "steps": state.step,
+        "throughput": {
+            "train_seconds": round(state.train_seconds, 3),
+            "train_samples_per_s": round(state.samples / max(state.train_seconds, 1e-9), 2),
+            "train_tokens_per_s": round(state.real_tokens / max(state.train_seconds, 1e-9), 1),
+            "padding_share": round(1 - state.real_tokens / max(state.padded_tokens, 1), 4),
+            "eval_samples_per_s": round(len(eval_enc) / max(eval_seconds[-1], 1e-9), 2) if eval_seconds else None,
+        },
+        "environment": environment(device),
+        "wall_time_s": round(time.perf_counter() - wall_start, 2),  # this process (a resumed run counts its last part)
+    }
+    write_result(run_dir, result)
+    # The resume state (optimizer moments: twice the model) is only needed until the result exists.
+    shutil.rmtree(run_dir / RESUME_DIR, ignore_errors=True)
+    best = state.best["metrics"][task.main_metric]
+    log(f"best {task.main_metric} {best:.4f} at step {state.best['step']} → {run_dir / RESULT_FILE}")
+    return run_dir
+
+
+def _save_best(directory: Path, model, tokenizer) -> None:
+    """Model weights + encoder config + tokenizer: enough to score without the original checkpoint."""
+    tmp = directory.with_name(directory.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(tmp / "model.safetensors"))
+    model.encoder.config.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    old = directory.with_name(directory.name + ".old")
+    if directory.exists():
+        directory.replace(old)
+    tmp.replace(directory)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+# -- eval / predict ------------------------------------------------------------------------
+
+
+def load_run(run_dir: Path, device: str = "auto") -> Loaded:
+    run_dir = Path(run_dir)
+    best = run_dir / BEST_DIR
+    if not (best / "model.safetensors").is_file():
+        raise ClueRunError(f"{run_dir}: no saved checkpoint ({BEST_DIR}/model.safetensors)")
+    cfg = build_config(yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8")), source=str(run_dir / CONFIG_FILE))
+    task = get_task(cfg.task)
+    tokenizer = load_tokenizer(str(best))
+    model = HEADS.get(task.head)(encoder_from_config(str(best)), len(task.label.values), cfg.model.dropout)
+    load_model(model, str(best / "model.safetensors"))
+    dev = pick_device(device if device != "auto" else cfg.train.device)
+    model.to(dev).eval()
+    return Loaded(cfg, task, tokenizer, model, dev, autocast_dtype(cfg.train.precision, dev))
+
+
+def evaluate(run_dir: Path, split: str = "dev", data_dir: Optional[str] = None, device: str = "auto") -> dict:
+    """Score a run's best checkpoint on a labelled split."""
+    run = load_run(run_dir, device)
+    data = _split(run.cfg, run.task, split, data_dir=data_dir)
+    enc = run.encode(data)
+    if (enc.labels < 0).any():
+        raise ClueRunError(f"{data.source}: split {split!r} has unlabelled rows; use `clue-run predict` for it")
+    logits, seconds = run.logits(enc)
+    return {"run": str(run_dir), "task": run.task.name, "split": split, "examples": len(enc),
+            "metrics": score(run.task, HEADS.get(run.task.head), logits, enc),
+            "eval_samples_per_s": round(len(enc) / max(seconds, 1e-9), 2)}
+
+
+def predict(run_dir: Path, split: str = "test", data_dir: Optional[str] = None, clue_version: str = "1.1",
+            out: Optional[Path] = None, device: str = "auto") -> Path:
+    """Write predictions in the leaderboard format: one JSON line {"id", "label"} per row, in file order."""
+    run = load_run(run_dir, device)
+    spec = run.task.submission
+    if spec is None:
+        raise ClueRunError(f"task {run.task.name!r} defines no submission format")
+    data = _split(run.cfg, run.task, split, on_bad_row="error", data_dir=data_dir)  # a submission never skips rows
+    logits, _ = run.logits(run.encode(data))
+    preds = HEADS.get(run.task.head).predict(torch.from_numpy(logits)).numpy()
+    name = spec.file_v10 if clue_version == "1.0" and spec.file_v10 else spec.file
+    path = Path(out) if out else Path(run_dir) / PREDICTIONS_DIR / name
+    lines = [json.dumps({"id": ex.id, "label": run.task.label.values[p]}, ensure_ascii=False)
+             for ex, p in zip(data.examples, preds)]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def read_run(run_dir: Path) -> dict:
+    return read_result(Path(run_dir))

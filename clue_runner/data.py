@@ -1,0 +1,155 @@
+"""Reading task data: the official CLUE/FewCLUE layouts (JSON lines, plain or .gz) or a `datasets` hub path.
+
+Every row becomes an `Example`; a malformed row or an unknown label stops with file, line
+and field, or (with `data.on_bad_row: skip`) is counted and reported in the run result.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from .encoders import ENCODERS, RowError
+from .errors import DataError
+from .tasks import TaskSpec
+
+DATA_DIR_ENV = "CLUE_DATA_DIR"
+
+
+@dataclass
+class Example:
+    id: Any  # as in the file (test ids go back into the submission unchanged)
+    text_a: str
+    text_b: Optional[str]
+    label: Optional[int]  # index into task.label.values; None for unlabelled splits
+
+
+@dataclass
+class SplitData:
+    task: str
+    split: str
+    source: str  # file path or hub path
+    examples: list[Example]
+    dropped: Counter = field(default_factory=Counter)  # label value -> rows dropped by design
+    skipped: list[str] = field(default_factory=list)  # "file:line: field: problem" per bad row skipped
+
+    def summary(self) -> dict:
+        return {
+            "source": self.source,
+            "examples": len(self.examples),
+            "dropped": dict(self.dropped),
+            "skipped": len(self.skipped),
+            "skipped_first": self.skipped[:5],
+        }
+
+
+def resolve_data_dir(configured: Optional[str]) -> Path:
+    """Config value, else $CLUE_DATA_DIR, else ./data — and say where we looked if none exists."""
+    candidates = [("data.dir in the config", configured), (f"${DATA_DIR_ENV}", os.environ.get(DATA_DIR_ENV)), ("default", "data")]
+    looked = []
+    for origin, value in candidates:
+        if not value:
+            continue
+        path = Path(value).expanduser()
+        if path.is_dir():
+            return path
+        looked.append(f"{path.resolve()} ({origin})")
+        if origin != "default":
+            break  # an explicit setting that is wrong should not fall through silently
+    raise DataError(
+        "data directory not found; looked in: " + ", ".join(looked)
+        + f". Set data.dir in the config or ${DATA_DIR_ENV} (e.g. export {DATA_DIR_ENV}=../shared/data)."
+    )
+
+
+def find_file(directory: Path, name: str) -> Path:
+    for candidate in (directory / name, directory / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"data file not found: {directory / name} (nor {name}.gz)")
+
+
+def read_json_lines(path: Path) -> Iterator[tuple[int, dict]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{line_no}: not valid JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+            yield line_no, row
+
+
+def _hub_rows(task: TaskSpec, split: str) -> Iterator[tuple[int, dict]]:
+    import datasets  # imported here: only hub users pay for it
+
+    hub = task.data.hub
+    ds = datasets.load_dataset(hub.path, hub.name, split=hub.splits.get(split, split))
+    label_feature = ds.features.get(task.label.field)
+    names = getattr(label_feature, "names", None)
+    for i, row in enumerate(ds, start=1):
+        row = dict(row)
+        if names is not None:  # ClassLabel ints back to the task's label strings; -1 = unlabelled
+            value = row.get(task.label.field)
+            row[task.label.field] = None if value is None or value < 0 else names[value]
+        yield i, row
+
+
+def load_split(
+    task: TaskSpec,
+    split: str,
+    data_dir: Optional[str] = None,
+    variant: Optional[str] = None,
+    on_bad_row: str = "error",
+    source: str = "local",
+    limit: Optional[int] = None,
+) -> SplitData:
+    if source == "hub":
+        if task.data.hub is None:
+            raise DataError(f"task {task.name!r} names no datasets hub path (data.hub in its YAML)")
+        origin = f"hub:{task.data.hub.path}/{task.data.hub.name or ''}[{split}]"
+        rows = _hub_rows(task, split)
+    else:
+        directory = resolve_data_dir(data_dir) / task.data.dir
+        path = find_file(directory, task.split_file(split, variant))
+        origin = str(path)
+        rows = read_json_lines(path)
+
+    encode = ENCODERS.get(task.inputs.encoder)
+    label_index = {v: i for i, v in enumerate(task.label.values)}
+    data = SplitData(task=task.name, split=split, source=origin, examples=[])
+    for line_no, row in rows:
+        try:
+            text_a, text_b = encode(row, task.inputs)
+            label = None
+            raw_label = row.get(task.label.field)
+            if raw_label is not None:
+                raw_label = str(raw_label)  # FewCLUE writes some label codes as ints
+                if raw_label in task.label.drop:
+                    data.dropped[raw_label] += 1
+                    continue
+                if raw_label not in label_index:
+                    shown = ", ".join(task.label.values[:8]) + (", …" if len(task.label.values) > 8 else "")
+                    raise RowError(task.label.field, f"unknown label {raw_label!r} (labels: {shown})")
+                label = label_index[raw_label]
+        except RowError as err:
+            problem = f"{origin}:{line_no}: field {err.field!r}: {err}"
+            if on_bad_row != "skip":
+                raise DataError(problem + " (set data.on_bad_row: skip to skip such rows)") from None
+            data.skipped.append(problem)
+            continue
+        data.examples.append(Example(row.get(task.id_field, line_no - 1), text_a, text_b, label))
+        if limit is not None and len(data.examples) >= limit:
+            break
+    if not data.examples:
+        raise DataError(f"{origin}: no usable examples")
+    return data

@@ -1,0 +1,27 @@
+"""R-Drop (Liang et al. 2021): two dropout passes, cross-entropy on both plus a symmetric KL between them."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from pydantic import Field
+
+from . import METHODS, Method, Params
+
+
+class RDropParams(Params):
+    alpha: float = Field(4.0, ge=0)
+
+
+@METHODS.register("rdrop")
+class RDrop(Method):
+    Params = RDropParams
+    owns_loss = True
+
+    def loss(self, model, batch, compute):
+        loss1, logits1 = compute(batch)
+        loss2, logits2 = compute(batch)
+        logp1 = F.log_softmax(logits1.float(), -1)
+        logp2 = F.log_softmax(logits2.float(), -1)
+        kl = 0.5 * (F.kl_div(logp1, logp2, log_target=True, reduction="batchmean")
+                    + F.kl_div(logp2, logp1, log_target=True, reduction="batchmean"))
+        return 0.5 * (loss1 + loss2) + self.params.alpha * kl

@@ -1,0 +1,85 @@
+"""The run result: one self-describing, versioned JSON per run, written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import ClueRunError
+
+SCHEMA_VERSION = 1
+RESULT_FILE = "run.json"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; results are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_result(run_dir: Path, result: dict) -> Path:
+    path = run_dir / RESULT_FILE
+    atomic_write_text(path, json.dumps(result, ensure_ascii=False, indent=2) + "\n")
+    return path
+
+
+def read_result(run_dir: Path) -> dict:
+    path = run_dir / RESULT_FILE if run_dir.is_dir() else run_dir
+    if not path.is_file():
+        raise ClueRunError(f"no run result at {path} (is this a finished run directory?)")
+    result = json.loads(path.read_text(encoding="utf-8"))
+    version = result.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ClueRunError(
+            f"{path}: result schema version {version!r} is not supported by this clue-run "
+            f"(supports {SCHEMA_VERSION}); upgrade clue-run to read it"
+        )
+    return result
+
+
+def _git_sha() -> str | None:
+    here = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def environment(device) -> dict[str, Any]:
+    import numpy
+    import tokenizers
+    import torch
+    import transformers
+
+    from . import __version__
+
+    if device.type == "cuda":
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        device_name = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return {
+        "clue_run": __version__,
+        "python": platform.python_version(),
+        "packages": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "tokenizers": tokenizers.__version__,
+            "numpy": numpy.__version__,
+        },
+        "device": device_name,
+        "platform": platform.platform(),
+        "git_sha": _git_sha(),
+    }

@@ -1,0 +1,150 @@
+"""Task registry: one YAML file per dataset in this folder (shipped as package data).
+
+A task says where its files are, which fields are inputs, its label set, its head, its
+metrics and main metric, and how its test predictions are named for the leaderboard.
+`get_task` also accepts a path to a user's own task YAML.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..errors import ConfigError
+from ..registry import did_you_mean
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HubSource(_Strict):
+    path: str  # `datasets` hub path, e.g. "clue"
+    name: Optional[str] = None  # config name, e.g. "afqmc"
+    splits: dict[str, str] = {}  # our split name -> hub split name (default: same)
+
+
+class DataSpec(_Strict):
+    dir: str  # relative to the data directory
+    splits: dict[str, str]  # split -> file name; may contain {variant}
+    variants: list[str] = []  # e.g. FewCLUE's 0..4, few_all
+    default_variant: Optional[str] = None
+    hub: Optional[HubSource] = None
+
+
+class InputSpec(_Strict):
+    encoder: str = "text"  # a registered input encoder (clue_runner.encoders)
+    text_a: str
+    text_b: Optional[str] = None
+    join: str = "；"  # list-valued fields (CSL keywords) are joined with this
+    options: dict[str, Any] = {}  # encoder-specific settings, e.g. span markers
+
+
+class LabelSpec(_Strict):
+    field: str = "label"
+    values: list[str]  # label strings exactly as in the data and the submission
+    names: dict[str, str] = {}  # optional human-readable names per value
+    drop: list[str] = []  # rows with these labels are not examples (OCNLI "-"); counted
+
+    @model_validator(mode="after")
+    def _unique(self):
+        if len(set(self.values)) != len(self.values):
+            raise ValueError("label.values has duplicates")
+        return self
+
+
+class SubmissionSpec(_Strict):
+    file: str  # CLUE 1.1 / FewCLUE file name
+    file_v10: Optional[str] = None  # CLUE 1.0 name where it differs
+    format: Literal["jsonl_label"] = "jsonl_label"
+
+
+class TaskSpec(_Strict):
+    name: str
+    version: int = Field(ge=1)
+    description: str = ""
+    benchmark: Literal["clue", "fewclue", "sts", "custom"] = "custom"
+    data: DataSpec
+    inputs: InputSpec
+    label: LabelSpec
+    id_field: str = "id"
+    head: str = "cls"
+    metrics: list[str] = Field(min_length=1)
+    main_metric: str
+    submission: Optional[SubmissionSpec] = None
+
+    @model_validator(mode="after")
+    def _names_resolve(self):
+        from ..encoders import ENCODERS
+        from ..heads import HEADS
+        from ..metrics import METRICS
+
+        HEADS.get(self.head)
+        ENCODERS.get(self.inputs.encoder)
+        for m in self.metrics:
+            METRICS.get(m)
+        if self.main_metric not in self.metrics:
+            raise ValueError(f"main_metric {self.main_metric!r} is not one of metrics {self.metrics}")
+        if self.data.variants and self.data.default_variant not in self.data.variants:
+            raise ValueError("data.default_variant must be one of data.variants")
+        return self
+
+    def resolve_variant(self, variant: Optional[str]) -> Optional[str]:
+        if not self.data.variants:
+            if variant is not None:
+                raise ConfigError(f"task {self.name!r} has no split variants (got {variant!r})")
+            return None
+        variant = self.data.default_variant if variant is None else str(variant)
+        if variant not in self.data.variants:
+            raise ConfigError(
+                f"task {self.name!r} has no variant {variant!r}{did_you_mean(variant, self.data.variants)}"
+                f" (choices: {', '.join(self.data.variants)})"
+            )
+        return variant
+
+    def split_file(self, split: str, variant: Optional[str]) -> str:
+        if split not in self.data.splits:
+            raise ConfigError(
+                f"task {self.name!r} has no split {split!r}{did_you_mean(split, self.data.splits)}"
+                f" (splits: {', '.join(self.data.splits)})"
+            )
+        return self.data.splits[split].format(variant=self.resolve_variant(variant))
+
+
+def _builtin_dir():
+    return resources.files(__name__)
+
+
+def builtin_task_names() -> list[str]:
+    return sorted(p.name[: -len(".yaml")] for p in _builtin_dir().iterdir() if p.name.endswith(".yaml"))
+
+
+def _parse(text: str, source: str) -> TaskSpec:
+    try:
+        raw = yaml.safe_load(text)
+        return TaskSpec.model_validate(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: not valid YAML: {err}") from None
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"{source}: invalid task: {problems}") from None
+
+
+@functools.lru_cache(maxsize=None)
+def get_task(name: str) -> TaskSpec:
+    """A built-in task by name, or a task YAML by path."""
+    if name.endswith((".yaml", ".yml")):
+        path = Path(name)
+        if not path.is_file():
+            raise ConfigError(f"task file not found: {path}")
+        return _parse(path.read_text(encoding="utf-8"), str(path))
+    names = builtin_task_names()
+    if name not in names:
+        raise ConfigError(f"unknown task {name!r}{did_you_mean(name, names)} (see `clue-run tasks list`)")
+    resource = _builtin_dir() / f"{name}.yaml"
+    return _parse(resource.read_text(encoding="utf-8"), f"task {name}")

@@ -1,0 +1,279 @@
+"""The one training loop. It knows no task and no method by name.
+
+batches → loss → backward → (method hooks) → clip → step → schedule → evaluate every
+epoch or N steps → keep best by the main metric → early stopping. `Trainer.run` is a
+generator (after spaCy's `train_while_improving`): it yields an `Event` after every
+evaluation and checkpoint, and the caller logs and saves. Resume state (model, optimizer,
+scheduler, RNG, data position) is written atomically at each such event.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import get_linear_schedule_with_warmup
+
+from .features import Encoded, collate, train_batches
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    if device.type == "cuda" and precision in ("auto", "bf16"):
+        return torch.bfloat16
+    return None  # fp32 on CPU: bf16 autocast there is slow and not what users compare against
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # epoch in progress
+    batch_in_epoch: int = 0  # micro-batches of this epoch already consumed
+    history: list = field(default_factory=list)
+    best: Optional[dict] = None
+    evals_without_improvement: int = 0
+    train_seconds: float = 0.0
+    samples: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    stopped_early: bool = False
+    pending_loss: float = 0.0  # training loss summed since the last evaluation
+    pending_count: int = 0
+
+
+@dataclass
+class Event:
+    kind: str  # "eval" or "checkpoint"
+    state: TrainState
+    metrics: Optional[dict] = None
+    improved: bool = False
+
+
+class Trainer:
+    def __init__(self, model, loss_fn: Callable, methods: list, train_data: Encoded, evaluate: Callable[[], dict],
+                 main_metric: str, cfg, pad_id: int, device: torch.device, resume_dir: Optional[Path] = None):
+        self.model, self.loss_fn, self.methods = model, loss_fn, methods
+        self.data, self.evaluate, self.main_metric = train_data, evaluate, main_metric
+        self.cfg, self.pad_id, self.device = cfg, pad_id, device
+        self.resume_dir = resume_dir
+        self.amp = autocast_dtype(cfg.precision, device)
+        self.lengths = train_data.lengths
+        self.batches_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.grad_accum)
+        self.total_steps = cfg.max_steps or self.steps_per_epoch * cfg.epochs
+        self.state = TrainState()
+
+        seed_everything(cfg.seed)
+        for m in methods:
+            m.setup(model)
+        self.optimizer = self._optimizer()
+        self.scheduler = get_linear_schedule_with_warmup(
+            self.optimizer, int(cfg.warmup * self.total_steps), self.total_steps
+        )
+        if resume_dir is not None and (resume_dir / "trainer.pt").is_file():
+            self._load(resume_dir)
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        new = {id(p) for p in getattr(self.model, "new_parameters", lambda: [])()}
+        decay, no_decay, head = [], [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            if id(p) in new:
+                head.append(p)
+            elif p.ndim < 2:  # biases and LayerNorm weights are not decayed
+                no_decay.append(p)
+            else:
+                decay.append(p)
+        lr = self.cfg.lr
+        groups = [
+            {"params": decay, "weight_decay": self.cfg.weight_decay, "lr": lr},
+            {"params": no_decay, "weight_decay": 0.0, "lr": lr},
+            {"params": head, "weight_decay": self.cfg.weight_decay, "lr": self.cfg.head_lr or lr},
+        ]
+        groups = [g for g in groups if g["params"]]
+        fused = self.device.type == "cuda"
+        return torch.optim.AdamW(groups, lr=lr, fused=fused)
+
+    # -- one step -------------------------------------------------------------------------
+
+    def _compute(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            logits = self.model(**batch)
+        return self.loss_fn(logits, batch["labels"]), logits
+
+    def _loss(self, batch) -> torch.Tensor:
+        for m in self.methods:
+            if m.owns_loss:
+                return m.loss(self.model, batch, self._compute)
+        return self._compute(batch)[0]
+
+    def _to_device(self, batch):
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self) -> Iterator[Event]:
+        cfg, state = self.cfg, self.state
+        scale = 1.0 / cfg.grad_accum
+        # Summed on the device: reading a loss every step would sync the host with the GPU.
+        self._loss_sum = torch.tensor(state.pending_loss, device=self.device)
+        self.model.train()
+        with _progress() as progress:
+            bar = progress.add_task("train", total=self.total_steps, completed=state.step)
+            self._mark()
+            while state.step < self.total_steps:
+                batches = train_batches(self.lengths, cfg.batch_size, cfg.seed, state.epoch, cfg.group_by_length)
+                first = state.batch_in_epoch
+                for bi in range(first, len(batches)):
+                    host = collate(self.data, batches[bi], self.pad_id)
+                    batch = self._to_device(host)
+                    loss = self._loss(batch)
+                    (loss * scale).backward()
+                    for m in self.methods:
+                        m.after_backward(self.model, batch, self._compute, scale)
+                    self._loss_sum += loss.detach()
+                    state.pending_count += 1
+                    state.batch_in_epoch = bi + 1
+                    state.samples += len(batches[bi])
+                    state.real_tokens += int(self.lengths[batches[bi]].sum())
+                    state.padded_tokens += host["input_ids"].numel()
+                    epoch_end = bi + 1 == len(batches)
+                    if (bi + 1 - first) % cfg.grad_accum and not epoch_end:
+                        continue
+                    self._optimizer_step()
+                    progress.advance(bar)
+                    if epoch_end:
+                        state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                    last = state.step >= self.total_steps
+                    if last or (cfg.eval_every and state.step % cfg.eval_every == 0) or (epoch_end and not cfg.eval_every):
+                        self._tick()
+                        event = self._eval()
+                    elif cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+                        self._tick()
+                        event = Event("checkpoint", state)
+                    else:
+                        event = None
+                    if event is not None:
+                        self._save(self.resume_dir)
+                        yield event
+                        self._mark()
+                    if last or state.stopped_early:
+                        return
+            self._tick()
+
+    def _mark(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def _tick(self) -> None:
+        """Add the time since the last mark to training time (evaluation and saving excluded)."""
+        now = time.perf_counter()
+        self.state.train_seconds += now - self._t0
+        self._t0 = now
+
+    def _optimizer_step(self) -> None:
+        for m in self.methods:
+            m.before_step(self.model)
+        if self.cfg.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+
+    def _eval(self) -> Event:
+        state = self.state
+        self.model.eval()
+        metrics = self.evaluate()
+        self.model.train()
+        main = metrics[self.main_metric]
+        improved = state.best is None or main > state.best["metrics"][self.main_metric]
+        record = {
+            "step": state.step,
+            "epoch": round(state.step / self.steps_per_epoch, 4),
+            "train_loss": float(self._loss_sum) / max(state.pending_count, 1),
+            "lr": self.scheduler.get_last_lr()[0],
+            "metrics": metrics,
+            "train_seconds": round(state.train_seconds, 3),
+        }
+        state.history.append(record)
+        self._loss_sum.zero_()
+        state.pending_count = 0
+        if improved:
+            state.best = {k: record[k] for k in ("step", "epoch", "metrics")}
+            state.evals_without_improvement = 0
+        else:
+            state.evals_without_improvement += 1
+            if self.cfg.patience and state.evals_without_improvement >= self.cfg.patience:
+                state.stopped_early = True
+        return Event("eval", state, metrics, improved)
+
+    # -- resume ---------------------------------------------------------------------------
+
+    def _save(self, directory: Optional[Path]) -> None:
+        if directory is None:
+            return
+        tmp = directory.with_name(directory.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.state.pending_loss = float(self._loss_sum)
+        torch.save({
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "state": asdict(self.state),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+        }, tmp / "trainer.pt")
+        old = directory.with_name(directory.name + ".old")
+        if directory.exists():
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _load(self, directory: Path) -> None:
+        saved = torch.load(directory / "trainer.pt", map_location="cpu", weights_only=False)
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.state = TrainState(**saved["state"])
+        rng = saved["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+
+
+def _progress() -> Progress:
+    from rich.console import Console
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TimeRemainingColumn(), console=Console(stderr=True), transient=False,
+        disable=os.environ.get("CLUE_RUN_NO_PROGRESS") == "1",
+    )

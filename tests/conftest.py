@@ -1,0 +1,64 @@
+"""Shared fixtures: the real data directory and a tiny BERT with a character vocabulary (no downloads)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA_DIR = Path(os.environ.get("CLUE_DATA_DIR", SHARED_DATA))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    # One tokenization cache per test session, never the user's.
+    monkeypatch.setenv("CLUE_RUN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("CLUE_RUN_NO_PROGRESS", "1")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA_DIR / "clue").is_dir():
+        pytest.skip(f"real CLUE data not found at {DATA_DIR} (set CLUE_DATA_DIR or put shared/ beside the repo)")
+    return DATA_DIR
+
+
+def _fixture_chars(limit_per_file: int = 300) -> list[str]:
+    chars = set()
+    if DATA_DIR.is_dir():
+        for path in sorted(DATA_DIR.glob("*/*/*.json.gz")):
+            with gzip.open(path, "rt", encoding="utf-8") as fh:
+                for i, line in enumerate(fh):
+                    if i >= limit_per_file:
+                        break
+                    chars.update(line)
+    chars.update("0123456789abcdefghijklmnopqrstuvwxyz_[]；，。")
+    return sorted(c for c in chars if not c.isspace())
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A 2-layer BERT (hidden 32) with a character vocabulary written from the data itself."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    directory = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *_fixture_chars()]
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True, tokenize_chinese_chars=True)
+    tokenizer.save_pretrained(directory)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512)
+    BertModel(config, add_pooling_layer=False).save_pretrained(directory)
+    return directory
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path

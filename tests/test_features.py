@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+
+from clue_runner.data import Example
+from clue_runner.features import collate, encode_examples, eval_batches, train_batches
+from clue_runner.models import load_tokenizer
+
+
+@pytest.mark.parametrize("group", [True, False])
+def test_train_batches_cover_every_example_once(group):
+    lengths = np.random.default_rng(0).integers(3, 100, 1003)
+    batches = train_batches(lengths, 16, seed=1, epoch=0, group_by_length=group)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(1003))
+    assert all(len(b) == 16 for b in batches[:-1]) or group  # grouping may put the short batch anywhere
+    assert [b.tolist() for b in batches] == [b.tolist() for b in train_batches(lengths, 16, 1, 0, group)]
+    assert [b.tolist() for b in batches] != [b.tolist() for b in train_batches(lengths, 16, 1, 1, group)]
+
+
+def test_length_grouping_reduces_padding():
+    lengths = np.random.default_rng(0).integers(3, 128, 4000)
+    def padded(batches):
+        return sum(len(b) * lengths[b].max() for b in batches)
+    assert padded(train_batches(lengths, 32, 0, 0, True)) < 0.75 * padded(train_batches(lengths, 32, 0, 0, False))
+
+
+def test_eval_batches_sorted_and_complete():
+    lengths = np.array([5, 9, 1, 9, 3])
+    batches = eval_batches(lengths, 2)
+    assert np.concatenate(batches).tolist() == [1, 3, 0, 4, 2]
+
+
+def test_collate_never_truncates_or_reorders(tiny_model):
+    tok = load_tokenizer(str(tiny_model))
+    examples = [Example(i, "今天天气很好" * (i + 1), "我们去公园" if i % 2 else "散步", 0) for i in range(6)]
+    enc = encode_examples(examples, tok, 512)
+    idx = [4, 0, 5]
+    batch = collate(enc, idx, tok.pad_token_id, pad_multiple=8)
+    assert batch["input_ids"].shape[1] % 8 == 0
+    for row, i in enumerate(idx):
+        n = int(enc.lengths[i])
+        want = tok(examples[i].text_a, examples[i].text_b)["input_ids"]
+        assert batch["input_ids"][row, :n].tolist() == want
+        assert batch["attention_mask"][row].sum() == n
+        assert (batch["input_ids"][row, n:] == tok.pad_token_id).all()
+
+
+def test_tokenization_cache_is_reused_and_keyed(tiny_model, monkeypatch):
+    import clue_runner.features as features
+
+    tok = load_tokenizer(str(tiny_model))
+    examples = [Example(0, "花呗提额", "借呗额度", 1), Example(1, "你好", "再见", 0)]
+    first = encode_examples(examples, tok, 32)
+    calls = []
+    monkeypatch.setattr(features, "_tokenize", lambda *a: calls.append(a) or first)
+    again = encode_examples(examples, tok, 32)
+    assert calls == [] and again.ids.tolist() == first.ids.tolist()
+    encode_examples(examples, tok, 16)  # another max_length is another cache entry
+    assert len(calls) == 1
