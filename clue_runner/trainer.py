@@ -23,6 +23,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import get_linear_schedule_with_warmup
 
+from .cuda_graphs import GraphedTrainStep, StaticBatcher
 from .features import Encoded, collate, train_batches
 
 
@@ -42,6 +43,19 @@ def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype
     if device.type == "cuda" and precision in ("auto", "bf16"):
         return torch.bfloat16
     return None  # fp32 on CPU: bf16 autocast there is slow and not what users compare against
+
+
+def fast_path_blocker(cfg, methods, device: torch.device) -> Optional[str]:
+    """Why the CUDA-graph fast path cannot run (None when it can)."""
+    if not cfg.cuda_graphs:
+        return "train.cuda_graphs is off"
+    if device.type != "cuda":
+        return "no CUDA device"
+    if cfg.grad_accum != 1:
+        return "gradient accumulation"
+    if methods:
+        return "methods hook into the step"
+    return None
 
 
 @dataclass
@@ -86,10 +100,15 @@ class Trainer:
         seed_everything(cfg.seed)
         for m in methods:
             m.setup(model)
+        self.fast_path = fast_path_blocker(cfg, methods, device) is None
         self.optimizer = self._optimizer()
         self.scheduler = get_linear_schedule_with_warmup(
             self.optimizer, int(cfg.warmup * self.total_steps), self.total_steps
         )
+        self.graph_step = self.static_batch = None
+        if self.fast_path:
+            self.graph_step = GraphedTrainStep(model, loss_fn, self.optimizer, cfg.max_grad_norm, self.amp)
+            self.static_batch = StaticBatcher(train_data, pad_id, cfg.batch_size)
         if resume_dir is not None and (resume_dir / "trainer.pt").is_file():
             self._load(resume_dir)
 
@@ -113,7 +132,7 @@ class Trainer:
         ]
         groups = [g for g in groups if g["params"]]
         fused = self.device.type == "cuda"
-        return torch.optim.AdamW(groups, lr=lr, fused=fused)
+        return torch.optim.AdamW(groups, lr=lr, fused=fused, capturable=self.fast_path)
 
     # -- one step -------------------------------------------------------------------------
 
@@ -146,22 +165,12 @@ class Trainer:
                 batches = train_batches(self.lengths, cfg.batch_size, cfg.seed, state.epoch, cfg.group_by_length)
                 first = state.batch_in_epoch
                 for bi in range(first, len(batches)):
-                    host = collate(self.data, batches[bi], self.pad_id)
-                    batch = self._to_device(host)
-                    loss = self._loss(batch)
-                    (loss * scale).backward()
-                    for m in self.methods:
-                        m.after_backward(self.model, batch, self._compute, scale)
-                    self._loss_sum += loss.detach()
-                    state.pending_count += 1
-                    state.batch_in_epoch = bi + 1
-                    state.samples += len(batches[bi])
-                    state.real_tokens += int(self.lengths[batches[bi]].sum())
-                    state.padded_tokens += host["input_ids"].numel()
                     epoch_end = bi + 1 == len(batches)
-                    if (bi + 1 - first) % cfg.grad_accum and not epoch_end:
+                    boundary = (bi + 1 - first) % cfg.grad_accum == 0 or epoch_end
+                    self._train_on(batches[bi], boundary, scale)
+                    state.batch_in_epoch = bi + 1
+                    if not boundary:
                         continue
-                    self._optimizer_step()
                     progress.advance(bar)
                     if epoch_end:
                         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
@@ -181,6 +190,30 @@ class Trainer:
                     if last or state.stopped_early:
                         return
             self._tick()
+
+    def _train_on(self, indices: np.ndarray, boundary: bool, scale: float) -> None:
+        """One micro-batch: forward, backward, method hooks; the optimizer step at an accumulation boundary."""
+        state = self.state
+        if self.graph_step is not None:
+            host, _ = self.static_batch(indices)
+            self.graph_step.set_lrs()
+            loss = self.graph_step(self._to_device(host))  # includes the optimizer step
+            self.scheduler.step()
+            state.step += 1
+        else:
+            host = collate(self.data, indices, self.pad_id)
+            batch = self._to_device(host)
+            loss = self._loss(batch)
+            (loss * scale).backward()
+            for m in self.methods:
+                m.after_backward(self.model, batch, self._compute, scale)
+            if boundary:
+                self._optimizer_step()
+        self._loss_sum += loss.detach()
+        state.pending_count += 1
+        state.samples += len(indices)
+        state.real_tokens += int(self.lengths[indices].sum())
+        state.padded_tokens += host["input_ids"].numel()
 
     def _mark(self) -> None:
         self._t0 = time.perf_counter()

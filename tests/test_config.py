@@ -62,3 +62,12 @@ def test_fewclue_variant_resolves():
     task = get_task(cfg.task)
     assert task.split_file("train", cfg.data.variant) == "train_2.json"
     assert task.split_file("dev", None) == "dev_few_all.json"
+
+
+def test_every_shipped_config_is_valid():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert len(configs) >= 16
+    for path in configs:
+        load_config(path)  # raises with the key path if anything is off

@@ -61,11 +61,14 @@ def load_encoder(path: str):
     quiet_transformers()
     try:
         try:
-            return AutoModel.from_pretrained(path, add_pooling_layer=False)
+            model = AutoModel.from_pretrained(path, add_pooling_layer=False)
         except TypeError:  # architectures without a pooler take no such argument
-            return AutoModel.from_pretrained(path)
+            model = AutoModel.from_pretrained(path)
     except OSError as err:
         raise ModelError(f"cannot load model {path!r}: {err}") from None
+    # fp32 master weights whatever the checkpoint's dtype (newer transformers keep a bf16 file in
+    # bf16); mixed precision comes from autocast.
+    return model.float()
 
 
 def encoder_from_config(config_dir: str):
