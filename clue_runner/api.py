@@ -21,7 +21,7 @@ from .config import ExperimentConfig, build_config
 from .cuda_graphs import GraphedForward, StaticBatcher
 from .data import SplitData, load_split
 from .errors import ClueRunError, DataError
-from .features import Encoded, collate, encode_examples, eval_batches
+from .features import Encoded, collate, encode_examples, eval_batches, to_device
 from .heads import HEADS
 from .methods import build_methods
 from .metrics import compute_metrics
@@ -61,10 +61,12 @@ def predict_logits(model, enc: Encoded, batch_size: int, pad_id: int, device, am
     for idx in eval_batches(enc.lengths, batch_size):
         if graphed is not None:
             host, real = batcher(idx)
-            batch = {k: v.to(device, non_blocking=True) for k, v in host.items() if k != "labels"}
-            parts.append(graphed(batch)[:real].clone())  # the graph's output buffer is reused
+            host.pop("labels")
+            parts.append(graphed(host)[:real].clone())  # the graph's output buffer is reused
         else:
-            batch = {k: v.to(device, non_blocking=True) for k, v in collate(enc, idx, pad_id).items() if k != "labels"}
+            host = collate(enc, idx, pad_id)
+            host.pop("labels")
+            batch = to_device(host, device)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 parts.append(model(**batch).float())
         order.append(idx)

@@ -48,6 +48,12 @@ def _pad_rows(key: str, value: torch.Tensor, rows: int, pad_id: int) -> torch.Te
     return torch.cat([value, filler])
 
 
+def _fill(static: dict[str, torch.Tensor], host: dict[str, torch.Tensor]) -> None:
+    # Pinned source: the copy is queued behind the previous replay instead of waiting for it.
+    for k, v in host.items():
+        static[k].copy_(v.pin_memory(), non_blocking=True)
+
+
 def _warm_up(fn: Callable[[], None]) -> None:
     # cuBLAS handles and autotuning must exist before capture; do it on a side stream as PyTorch advises.
     side = torch.cuda.Stream()
@@ -96,42 +102,46 @@ class GraphedTrainStep:
                 group["lr"] = value
 
     def _capture(self, batch) -> tuple:
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        saved_params = [p.detach().clone() for p in params]
-        saved_state = {id(p): {k: v.clone() for k, v in self.optimizer.state[p].items()} for p in params
-                       if p in self.optimizer.state}
         static = {k: v.clone() for k, v in batch.items()}
-
-        def warm():
-            for _ in range(2):
-                self.optimizer.zero_grad(set_to_none=True)
-                self._body(static)
-
-        _warm_up(warm)
-        # Warm-up really stepped: put weights and optimizer state back exactly.
-        with torch.no_grad():
-            for p, s in zip(params, saved_params):
-                p.copy_(s)
-            for p in params:
-                for k, v in self.optimizer.state[p].items():
-                    if id(p) in saved_state:
-                        v.copy_(saved_state[id(p)][k])
-                    else:
-                        v.zero_()  # fresh AdamW state is all zeros (moments and step)
+        if not self.graphs:
+            self._warm_up_once(static)
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
             loss = self._body(static)
         return graph, static, loss
 
+    def _warm_up_once(self, static) -> None:
+        """One real step before the first capture: it creates the optimizer state (which must not be
+        created inside a graph, or every replay would zero it) and the cuBLAS handles. The step is
+        then undone exactly: weights and optimizer state are put back."""
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        saved_params = [p.detach().clone() for p in params]
+        saved_state = {p: {k: v.clone() for k, v in self.optimizer.state[p].items()} for p in params
+                       if p in self.optimizer.state}
+
+        def step():
+            self.optimizer.zero_grad(set_to_none=True)
+            self._body(static)
+
+        _warm_up(step)
+        with torch.no_grad():
+            for p, s in zip(params, saved_params):
+                p.copy_(s)
+            for p in params:
+                for k, v in self.optimizer.state[p].items():
+                    if p in saved_state:
+                        v.copy_(saved_state[p][k])
+                    else:
+                        v.zero_()  # fresh AdamW state is all zeros (moments and step)
+
     def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Run one step on a static-shape batch already on the GPU; returns the loss (a device tensor)."""
+        """Run one step on a static-shape host batch; returns the loss (a device tensor)."""
         key = tuple(batch["input_ids"].shape)
         if key not in self.graphs:
-            self.graphs[key] = self._capture(batch)
+            self.graphs[key] = self._capture({k: v.cuda() for k, v in batch.items()})
         graph, static, loss = self.graphs[key]
-        for k, v in batch.items():
-            static[k].copy_(v, non_blocking=True)
+        _fill(static, batch)
         graph.replay()
         return loss
 
@@ -150,16 +160,16 @@ class GraphedForward:
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of a static-shape host batch (a reused device buffer: copy what you keep)."""
         key = tuple(batch["input_ids"].shape)
         if key not in self.graphs:
-            static = {k: v.clone() for k, v in batch.items()}
+            static = {k: v.cuda() for k, v in batch.items()}
             _warm_up(lambda: self._run(static))
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
                 out = self._run(static)
             self.graphs[key] = (graph, static, out)
         graph, static, out = self.graphs[key]
-        for k, v in batch.items():
-            static[k].copy_(v, non_blocking=True)
+        _fill(static, batch)
         graph.replay()
         return out

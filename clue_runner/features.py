@@ -133,6 +133,17 @@ def collate(enc: Encoded, indices: Sequence[int], pad_id: int, pad_multiple: int
     return batch
 
 
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Copy a host batch to the device without stalling the host.
+
+    A copy from pageable memory waits for the GPU stream to drain; from pinned memory it is
+    queued, so the next batch is prepared while the GPU still works on this one.
+    """
+    if device.type != "cuda":
+        return batch
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+
+
 def train_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group_by_length: bool = True,
                   group_factor: int = 50) -> list[np.ndarray]:
     """One epoch's batches, a pure function of (seed, epoch) so a resumed run sees the same order.

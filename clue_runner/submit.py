@@ -1,0 +1,232 @@
+"""Pack runs' test predictions into a leaderboard zip, validating every file first.
+
+Wrong file names and label encodings are the most reported reason CLUE submissions score 0, so
+nothing is written unless every file passes: the name for the chosen board, one line per test
+row, ids in test order, labels from the task's label set, lines of exactly {"id", "label"}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .data import find_file, read_json_lines, resolve_data_dir
+from .errors import ClueRunError
+from .results import read_result
+from .tasks import TaskSpec, get_task
+
+CLUE_VERSIONS = ("1.1", "1.0")
+FEWCLUE_SPLITS = ("0", "1", "2", "3", "4", "all")
+PREDICTIONS_DIR = "predictions"  # where `clue-run predict` writes (clue_runner.api.PREDICTIONS_DIR)
+SHOWN_PER_KIND = 5  # lines quoted per kind of problem; the rest are counted
+
+
+def predict_file_name(task: TaskSpec, clue_version: str = "1.1") -> str:
+    """The name `clue-run predict --clue-version` gives a task's predictions."""
+    spec = _submission(task)
+    return spec.file_v10 if clue_version == "1.0" and spec.file_v10 else spec.file
+
+
+def submission_name(task: TaskSpec, clue_version: str = "1.1", fewclue_split: Optional[str] = None) -> str:
+    """The name the leaderboard expects: CLUE 1.1/1.0 names, FewCLUE names, `<stem>_predict_<x>.json`
+    on FewCLUE's multi-split board."""
+    name = predict_file_name(task, clue_version)
+    if task.benchmark == "fewclue" and fewclue_split is not None:
+        return name.replace("_predict.json", f"_predict_{fewclue_split}.json")
+    return name
+
+
+def _submission(task: TaskSpec):
+    if task.submission is None:
+        raise ClueRunError(f"task {task.name!r} defines no submission format")
+    return task.submission
+
+
+# -- validating one file ---------------------------------------------------------------------
+
+
+def _name_problem(task: TaskSpec, name: str, expected: str) -> str:
+    spec = _submission(task)
+    versions = {spec.file: "CLUE 1.1" if task.benchmark == "clue" else "single-split FewCLUE",
+                spec.file_v10: "CLUE 1.0"}
+    why = f" ({name} is the {versions[name]} name)" if name in versions else ""
+    return f"{name}: wrong file name{why}; this board expects {expected}"
+
+
+def _label_problem(task: TaskSpec, label) -> Optional[tuple[str, str]]:
+    values = task.label.values
+    if isinstance(label, str) and label in values:
+        return None
+    if not isinstance(label, str) and str(label) in values:
+        return "non-string labels", f"label {label!r} is not a string; write {json.dumps(str(label))}"
+    problem = f"unknown label {label!r}"
+    if str(label).isdigit() and int(label) < len(values):  # a class index written instead of the label code
+        problem += f" (looks like a label index: index {int(label)} is {values[int(label)]!r})"
+    return "unknown labels", problem + f"; labels: {', '.join(values[:8])}{', …' if len(values) > 8 else ''}"
+
+
+def _line_problem(task: TaskSpec, text: str, test_id) -> Optional[tuple[str, str]]:
+    """(kind, description) of what is wrong with one line, or None."""
+    if not text.strip():
+        return "empty lines", "empty line"
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as err:
+        return "invalid JSON", f"not valid JSON ({err.msg} at column {err.colno})"
+    if not isinstance(obj, dict) or set(obj) != {"id", "label"}:
+        got = ", ".join(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
+        return "wrong keys", f"needs exactly the keys id and label (got: {got})"
+    # The scorer compares line by line; ids are compared as text since 0 and "0" name the same row.
+    if test_id is not None and str(obj["id"]) != str(test_id):
+        return "ids out of test order", f"id {obj['id']!r} where the test file has {test_id!r} (ids must follow the test file order)"
+    return _label_problem(task, obj["label"])
+
+
+def _test_ids(task: TaskSpec, data_dir) -> tuple[Path, list]:
+    path = find_file(resolve_data_dir(str(data_dir) if data_dir else None) / task.data.dir, task.split_file("test", None))
+    return path, [row.get(task.id_field, line_no - 1) for line_no, row in read_json_lines(path)]
+
+
+def _summarize(name: str, by_kind: dict[str, list[str]]) -> list[str]:
+    """Quote a few lines per kind of problem and count the rest, so 3,000 shifted ids stay readable."""
+    problems = []
+    for kind, lines in by_kind.items():
+        problems += lines[:SHOWN_PER_KIND]
+        if len(lines) > SHOWN_PER_KIND:
+            problems.append(f"{name}: … and {len(lines) - SHOWN_PER_KIND} more lines with {kind}")
+    return problems
+
+
+def validate_prediction_file(task: TaskSpec, path: Path, data_dir, expected_name: str,
+                             name: Optional[str] = None) -> list[str]:
+    """Every problem with a prediction file, or [] if the leaderboard will read it as intended.
+
+    `name` is the name the file will carry in the zip (default: its own name).
+    """
+    path = Path(path)
+    name = name or path.name
+    problems = [] if name == expected_name else [_name_problem(task, name, expected_name)]
+    try:
+        test_path, test_ids = _test_ids(task, data_dir)
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except (ClueRunError, OSError, UnicodeDecodeError) as err:
+        return problems + [f"{name}: cannot check: {err}"]
+    if lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    if len(lines) != len(test_ids):
+        problems.append(f"{name}: {len(lines)} lines, but the test file {test_path} has {len(test_ids)} rows")
+    by_kind: dict[str, list[str]] = defaultdict(list)
+    for i, text in enumerate(lines):
+        found = _line_problem(task, text, test_ids[i] if i < len(test_ids) else None)
+        if found:
+            kind, problem = found
+            by_kind[kind].append(f"{name}: line {i + 1}: {problem}")
+    return problems + _summarize(name, by_kind)
+
+
+# -- packing runs ----------------------------------------------------------------------------
+
+
+@dataclass
+class Entry:
+    """One file of the zip: where it comes from and the name it gets."""
+
+    run_dir: Path
+    task: TaskSpec
+    source: Path
+    name: str
+    data_dir: Optional[str]  # the run's data directory, to find the test file
+
+    @property
+    def lines(self) -> int:
+        return len(self.source.read_text(encoding="utf-8").splitlines())
+
+
+def _entry(run_dir: Path, clue_version: str, fewclue_split: Optional[str]) -> tuple[Optional[Entry], list[str]]:
+    result = read_result(run_dir)
+    task = get_task(result["task"]["name"])
+    if task.submission is None:
+        return None, [f"{run_dir}: task {task.name!r} defines no submission format"]
+    source = run_dir / PREDICTIONS_DIR / predict_file_name(task, clue_version)
+    if not source.is_file():
+        found = sorted(p.name for p in (run_dir / PREDICTIONS_DIR).glob("*.json"))
+        hint = f" (found {', '.join(found)})" if found else ""
+        version = f" --clue-version {clue_version}" if task.submission.file_v10 else ""
+        return None, [f"{run_dir}: no test predictions {source.name}{hint}; "
+                      f"run `clue-run predict --run {run_dir}{version}` first"]
+    problems = []
+    variant = result["task"].get("variant")
+    if fewclue_split is not None and task.benchmark == "fewclue" and variant not in (fewclue_split, f"few_{fewclue_split}"):
+        problems.append(f"{run_dir}: trained on FewCLUE split {variant!r}, not on split {fewclue_split!r}")
+    entry = Entry(run_dir, task, source, submission_name(task, clue_version, fewclue_split),
+                  result.get("config", {}).get("data", {}).get("dir"))
+    return entry, problems
+
+
+def _board_problems(entries: list[Entry], fewclue_split: Optional[str]) -> list[str]:
+    """One zip goes to one board: no mixing of CLUE and FewCLUE, no two files with one name."""
+    problems = []
+    benchmarks = {e.task.benchmark for e in entries}
+    if len(benchmarks) > 1:
+        problems.append(f"the runs mix benchmarks ({', '.join(sorted(benchmarks))}); each leaderboard takes its own zip")
+    if fewclue_split is not None and benchmarks - {"fewclue"}:
+        problems.append("--fewclue-split applies to FewCLUE runs only")
+    by_name: dict[str, list[Entry]] = defaultdict(list)
+    for e in entries:
+        by_name[e.name].append(e)
+    for name, same in by_name.items():
+        if len(same) > 1:
+            problems.append(f"{name} would come from {len(same)} runs: {', '.join(str(e.run_dir) for e in same)}")
+    return problems
+
+
+def _write_zip(entries: list[Entry], out: Path) -> None:
+    """Write to a temporary file beside `out`, then rename: a failure leaves no partial zip."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for e in entries:
+                zf.write(e.source, arcname=e.name)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def pack_submission(run_dirs: list[Path], out: Path, clue_version: str = "1.1",
+                    fewclue_split: Optional[str] = None, data_dir: Optional[str] = None) -> list[Entry]:
+    """Validate every run's predictions and zip them; on any problem raise with the full list, write nothing."""
+    if clue_version not in CLUE_VERSIONS:
+        raise ClueRunError(f"--clue-version {clue_version!r}: choose 1.1 or 1.0")
+    if fewclue_split is not None and fewclue_split not in FEWCLUE_SPLITS:
+        raise ClueRunError(f"--fewclue-split {fewclue_split!r}: choose one of {', '.join(FEWCLUE_SPLITS)}")
+    if not run_dirs:
+        raise ClueRunError("give at least one --run DIR")
+    entries, problems = [], []
+    for run_dir in map(Path, run_dirs):
+        try:
+            entry, found = _entry(run_dir, clue_version, fewclue_split)
+        except ClueRunError as err:  # e.g. not a finished run: still list every other problem
+            entry, found = None, [str(err)]
+        problems += found
+        if entry is None:
+            continue
+        entries.append(entry)
+        # The zip name is right by construction here; the name check matters for files checked on their own.
+        problems += validate_prediction_file(entry.task, entry.source, data_dir or entry.data_dir, entry.name,
+                                             name=entry.name)
+    problems += _board_problems(entries, fewclue_split)
+    if problems:
+        listed = "\n".join(f"  - {p}" for p in problems)
+        raise ClueRunError(f"submission not written:\n{listed}")
+    _write_zip(entries, Path(out))
+    return entries
