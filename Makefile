@@ -27,3 +27,11 @@ test: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Regenerate docs/RESULTS.md and its picture from the example runs kept in results/examples/.
+.PHONY: docs
+docs: install
+	{ cat docs/RESULTS.head.md; \
+	  echo '```'; echo '$$ clue-run report results/examples/h100 --throughput --baselines bert4keras,fewclue --format markdown'; echo '```'; echo; \
+	  $(BIN)/clue-run report results/examples/h100 --throughput --baselines bert4keras,fewclue --format markdown \
+	    --plot docs/results-h100.png; } > docs/RESULTS.md

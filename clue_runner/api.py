@@ -28,13 +28,13 @@ from .metrics import compute_metrics
 from .models import encoder_from_config, load_encoder, load_tokenizer, model_slug, resolve_model
 from .paths import cache_root
 from .results import RESULT_FILE, atomic_write_text, environment, read_result, write_result
+from .submit import PREDICTIONS_DIR, predict_file_name
 from .tasks import TaskSpec, get_task
 from .trainer import Event, Trainer, autocast_dtype, pick_device, seed_everything
 
 CONFIG_FILE = "config.yaml"
 BEST_DIR = "best"
 RESUME_DIR = "resume"
-PREDICTIONS_DIR = "predictions"
 
 
 def _log(message: str) -> None:
@@ -310,13 +310,10 @@ def predict(run_dir: Path, split: str = "test", data_dir: Optional[str] = None, 
             out: Optional[Path] = None, device: str = "auto") -> Path:
     """Write predictions in the leaderboard format: one JSON line {"id", "label"} per row, in file order."""
     run = load_run(run_dir, device)
-    spec = run.task.submission
-    if spec is None:
-        raise ClueRunError(f"task {run.task.name!r} defines no submission format")
+    name = predict_file_name(run.task, clue_version)  # refuses tasks without a submission format
     data = _split(run.cfg, run.task, split, on_bad_row="error", data_dir=data_dir)  # a submission never skips rows
     logits, _ = run.logits(run.encode(data))
     preds = HEADS.get(run.task.head).predict(torch.from_numpy(logits)).numpy()
-    name = spec.file_v10 if clue_version == "1.0" and spec.file_v10 else spec.file
     path = Path(out) if out else Path(run_dir) / PREDICTIONS_DIR / name
     lines = [json.dumps({"id": ex.id, "label": run.task.label.values[p]}, ensure_ascii=False)
              for ex, p in zip(data.examples, preds)]

@@ -11,6 +11,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import ClueRunError
@@ -36,7 +37,8 @@ def friendly_errors(fn):
         except ClueRunError as e:
             if os.environ.get(DEBUG_ENV):
                 raise
-            err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
+            # Escaped: paths, labels and WSC markers contain square brackets that rich would eat.
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
 
     return wrapper

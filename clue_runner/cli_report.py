@@ -40,10 +40,11 @@ def _throughput_table(report) -> Table:
 
     table = Table(title="Training throughput (mean over runs)")
     for col, justify in (("system", "left"), ("task", "left"), ("n", "right"), ("train samples/s", "right"),
-                         ("padding share", "right")):
+                         ("s/epoch", "right"), ("padding share", "right")):
         table.add_column(col, justify=justify)
     for label, task, cell in throughput_rows(report):
-        table.add_row(label, task, str(cell.n), format_score(cell.train_samples_per_s), format_share(cell.padding_share))
+        table.add_row(label, task, str(cell.n), format_score(cell.train_samples_per_s),
+                      format_score(cell.seconds_per_epoch), format_share(cell.padding_share))
     return table
 
 

@@ -1,7 +1,7 @@
 """One PNG for `clue-run report --plot`: scores per task beside each other, and how the runs trained.
 
 Left: grouped bars of each system's mean score per task, with std error bars; published rows are
-hatched. Middle and right: the eval metric and the train loss against step, one line per run,
+hatched. Middle and right: the eval metric and the train loss against epoch (tasks of different sizes line up), one line per run,
 coloured by system (model · method) as in the shared legend, line style by task.
 """
 
@@ -52,14 +52,14 @@ def _curves(ax, runs: list[Run], report: Report, colours: dict[str, tuple], key:
             continue
         if key == "metric":
             metric = report.metrics[run.task]
-            points = [(h["step"], h["metrics"][metric] * 100) for h in run.history if metric in h.get("metrics", {})]
+            points = [(h["epoch"], h["metrics"][metric] * 100) for h in run.history if metric in h.get("metrics", {})]
         else:
-            points = [(h["step"], h["train_loss"]) for h in run.history]
+            points = [(h["epoch"], h["train_loss"]) for h in run.history]
         if points:
-            steps, values = zip(*points)
-            ax.plot(steps, values, styles[run.task], color=colours[label], marker="o", markersize=2, linewidth=1.2)
+            epochs, values = zip(*points)
+            ax.plot(epochs, values, styles[run.task], color=colours[label], marker="o", markersize=2, linewidth=1.2)
             drawn.add(run.task)
-    ax.set_xlabel("step")
+    ax.set_xlabel("epoch")
     ax.grid(alpha=0.3)
     if not drawn:
         ax.text(0.5, 0.5, "no training histories", ha="center", va="center", transform=ax.transAxes, color="grey")

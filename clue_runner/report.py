@@ -139,6 +139,12 @@ class Group:
         values = [r.throughput[key] for r in self.runs if r.throughput.get(key) is not None]
         return statistics.fmean(values) if values else None
 
+    def seconds_per_epoch(self) -> Optional[float]:
+        """Training time (evaluation excluded) over the epochs the runs trained."""
+        values = [r.throughput["train_seconds"] / r.history[-1]["epoch"] for r in self.runs
+                  if r.throughput.get("train_seconds") and r.history and r.history[-1].get("epoch")]
+        return statistics.fmean(values) if values else None
+
 
 def _score(run: Run, metric: str) -> float:
     if metric not in run.best:
@@ -216,6 +222,7 @@ class Cell:
     scores: list[float] = field(default_factory=list)
     train_samples_per_s: Optional[float] = None
     padding_share: Optional[float] = None
+    seconds_per_epoch: Optional[float] = None
 
 
 @dataclass
@@ -259,7 +266,8 @@ class Report:
 
 def _group_cell(group: Group) -> Cell:
     return Cell(group.mean, group.std, group.n, group.scores,
-                group.throughput_mean("train_samples_per_s"), group.throughput_mean("padding_share"))
+                group.throughput_mean("train_samples_per_s"), group.throughput_mean("padding_share"),
+                group.seconds_per_epoch())
 
 
 def build_report(groups: list[Group], tasks: Optional[list[str]] = None,
@@ -343,8 +351,9 @@ def to_markdown(report: Report, throughput: bool = False) -> str:
     lines = _markdown_table(["system", *report.tasks, *avg], body)
     if throughput:
         lines += ["", *_markdown_table(
-            ["system", "task", "n", "train samples/s", "padding share"],
-            [[label, task, str(c.n), format_score(c.train_samples_per_s), format_share(c.padding_share)]
+            ["system", "task", "n", "train samples/s", "s/epoch", "padding share"],
+            [[label, task, str(c.n), format_score(c.train_samples_per_s), format_score(c.seconds_per_epoch),
+              format_share(c.padding_share)]
              for label, task, c in throughput_rows(report)])]
     return "\n".join(lines + [""] + notes(report)) + "\n"
 
@@ -355,7 +364,7 @@ def _csv_value(value):
 
 def to_csv(report: Report, throughput: bool = False) -> str:
     """One row per system; per task: mean, std, n (and, with throughput, samples/s and padding share)."""
-    per_task = ["mean", "std", "n"] + (["train_samples_per_s", "padding_share"] if throughput else [])
+    per_task = ["mean", "std", "n"] + (["train_samples_per_s", "seconds_per_epoch", "padding_share"] if throughput else [])
     avg = ["avg"] if report.has_avg else []
     header = ["system", "model", "method", "source", "split"] + [f"{t} {k}" for t in report.tasks for k in per_task] + avg
     buffer = io.StringIO()

@@ -23,7 +23,7 @@ from .tasks import TaskSpec, get_task
 
 CLUE_VERSIONS = ("1.1", "1.0")
 FEWCLUE_SPLITS = ("0", "1", "2", "3", "4", "all")
-PREDICTIONS_DIR = "predictions"  # where `clue-run predict` writes (clue_runner.api.PREDICTIONS_DIR)
+PREDICTIONS_DIR = "predictions"  # where `clue-run predict` writes, inside a run directory
 SHOWN_PER_KIND = 5  # lines quoted per kind of problem; the rest are counted
 
 
