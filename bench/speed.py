@@ -32,7 +32,7 @@ from clue_runner import api  # noqa: E402
 from clue_runner.config import build_config  # noqa: E402
 from clue_runner.data import load_split  # noqa: E402
 from clue_runner.features import encode_examples  # noqa: E402
-from clue_runner.heads import ClsHead  # noqa: E402
+from clue_runner.heads import build_head  # noqa: E402
 from clue_runner.models import load_encoder, load_tokenizer  # noqa: E402
 from clue_runner.tasks import get_task  # noqa: E402
 
@@ -42,15 +42,18 @@ H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s, for MFU
 class TrainerModel(torch.nn.Module):
     """Our exact head, with the (loss, logits) return the transformers Trainer expects."""
 
-    def __init__(self, head: ClsHead):
+    def __init__(self, head):
         super().__init__()
         self.head = head
 
     def forward(self, input_ids, attention_mask, labels=None, token_type_ids=None):
-        logits = self.head(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            batch["token_type_ids"] = token_type_ids
+        logits = self.head(**batch)
         out = {"logits": logits}
         if labels is not None:
-            out["loss"] = self.head.loss(logits, labels)
+            out["loss"] = self.head.loss(logits, {**batch, "labels": labels})
         return out
 
 
@@ -62,7 +65,7 @@ def run_trainer(model_dir, train_enc, eval_enc, tok, hp, seed, max_steps=None):
                 for i in range(len(enc))]
 
     set_seed(seed)
-    model = TrainerModel(ClsHead(load_encoder(model_dir), 2, 0.1))
+    model = TrainerModel(build_head(get_task("afqmc"), load_encoder(model_dir), dropout=0.1))
     total = max_steps or -(-len(train_enc) // hp["batch_size"]) * hp["epochs"]
     args = TrainingArguments(
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=hp["batch_size"],

@@ -22,7 +22,7 @@ from .cuda_graphs import GraphedForward, StaticBatcher
 from .data import SplitData, load_split
 from .errors import ClueRunError, DataError
 from .features import Encoded, collate, encode_examples, eval_batches, to_device
-from .heads import HEADS
+from .heads import build_head
 from .methods import build_methods
 from .metrics import compute_metrics
 from .models import encoder_from_config, load_encoder, load_tokenizer, model_slug, resolve_model
@@ -78,9 +78,14 @@ def predict_logits(model, enc: Encoded, batch_size: int, pad_id: int, device, am
     return out, seconds
 
 
-def score(task: TaskSpec, head_cls, logits: np.ndarray, enc: Encoded) -> dict[str, float]:
-    preds = head_cls.predict(torch.from_numpy(logits)).numpy()
+def score(task: TaskSpec, head, outputs: np.ndarray, enc: Encoded) -> dict[str, float]:
+    preds = head.predict(torch.from_numpy(outputs))
     return compute_metrics(task.metrics, enc.labels, preds, len(task.label.values))
+
+
+def unlabelled(enc: Encoded) -> bool:
+    labels = enc.labels
+    return bool(np.isnan(labels).any() if labels.dtype.kind == "f" else (labels < 0).any())
 
 
 # -- building ------------------------------------------------------------------------------
@@ -99,7 +104,7 @@ class Loaded:
     graphed: Optional[GraphedForward] = None
 
     def encode(self, data: SplitData) -> Encoded:
-        return encode_examples(data.examples, self.tokenizer, self.cfg.data.max_length)
+        return encode_examples(data.examples, self.tokenizer, self.cfg.data.max_length, self.model.separate_pairs)
 
     def logits(self, enc: Encoded) -> tuple[np.ndarray, float]:
         if self.graphed is None and self.device.type == "cuda" and self.cfg.train.cuda_graphs:
@@ -177,21 +182,21 @@ def train(cfg: ExperimentConfig, resume: Optional[Path] = None, on_event: Option
         cfg = build_config(yaml.safe_load((resume / CONFIG_FILE).read_text(encoding="utf-8")), source=str(resume / CONFIG_FILE))
     task = get_task(cfg.task)
     methods = build_methods(cfg.methods)
-    head_cls = HEADS.get(task.head)
+    trains = cfg.train.max_steps != 0
 
     # Everything that can fail on bad input happens before the run directory exists.
-    train_data = _split(cfg, task, cfg.data.train_split, cfg.data.max_train_examples)
+    train_data = _split(cfg, task, cfg.data.train_split, cfg.data.max_train_examples) if trains else None
     eval_data = _split(cfg, task, cfg.data.eval_split, cfg.data.max_eval_examples)
-    if not any(ex.label is not None for ex in train_data.examples):
-        raise ClueRunError(f"{train_data.source}: the training split has no labels")
     model_path = resolve_model(cfg.model.name)
     if cfg.model.trim_vocab:
         model_path = trimmed_model(model_path, task, cfg.data.dir, log)
     tokenizer = load_tokenizer(model_path)
     seed_everything(cfg.train.seed)  # the new head's initial weights depend on the seed only
-    model = head_cls(load_encoder(model_path), len(task.label.values), cfg.model.dropout)
-    train_enc = encode_examples(train_data.examples, tokenizer, cfg.data.max_length)
-    eval_enc = encode_examples(eval_data.examples, tokenizer, cfg.data.max_length)
+    model = build_head(task, load_encoder(model_path), cfg.head, cfg.model.dropout)
+    train_enc = encode_examples(train_data.examples, tokenizer, cfg.data.max_length, model.separate_pairs) if trains else None
+    eval_enc = encode_examples(eval_data.examples, tokenizer, cfg.data.max_length, model.separate_pairs)
+    if trains and model.needs_labels and unlabelled(train_enc):
+        raise ClueRunError(f"{train_data.source}: the training split has unlabelled rows")
     device = pick_device(cfg.train.device)
     amp = autocast_dtype(cfg.train.precision, device)
     model.to(device)
@@ -205,17 +210,18 @@ def train(cfg: ExperimentConfig, resume: Optional[Path] = None, on_event: Option
     def evaluate() -> dict:
         logits, seconds = loaded.logits(eval_enc)
         eval_seconds.append(seconds)
-        return score(task, head_cls, logits, eval_enc)
+        return score(task, model, logits, eval_enc)
 
-    trainer = Trainer(model, head_cls.loss, methods, train_enc, evaluate, task.main_metric, cfg.train,
+    trainer = Trainer(model, model.loss, methods, train_enc, evaluate, task.main_metric, cfg.train,
                       tokenizer.pad_token_id, device, resume_dir=run_dir / RESUME_DIR)
     log(f"[bold]{task.name}[/] · {cfg.model.name} · {cfg.method_label()} · seed {cfg.train.seed} · "
-        f"{len(train_enc)} train / {len(eval_enc)} {cfg.data.eval_split} examples · {trainer.total_steps} steps on {device}")
+        f"{len(train_enc) if trains else 0} train / {len(eval_enc)} {cfg.data.eval_split} examples · {trainer.total_steps} steps on {device}")
     for event in trainer.run():
         if event.kind == "eval":
             rec = event.state.history[-1]
             shown = " ".join(f"{k}={v:.4f}" for k, v in event.metrics.items())
-            log(f"step {rec['step']} epoch {rec['epoch']:.2f} loss {rec['train_loss']:.4f} {shown}"
+            loss = f"loss {rec['train_loss']:.4f} " if rec["train_loss"] is not None else ""
+            log(f"step {rec['step']} epoch {rec['epoch']:.2f} {loss}{shown}"
                 + (" [green]best[/]" if event.improved else ""))
             if event.improved:
                 _save_best(run_dir / BEST_DIR, model, tokenizer)
@@ -236,7 +242,7 @@ def train(cfg: ExperimentConfig, resume: Optional[Path] = None, on_event: Option
         "method": cfg.method_label(),
         "seed": cfg.train.seed,
         "config": cfg.model_dump(mode="json"),
-        "data": {"train": train_data.summary(), "eval": eval_data.summary()},
+        "data": {"train": train_data.summary() if trains else None, "eval": eval_data.summary()},
         "history": state.history,
         "best": state.best,
         "final": state.history[-1],
@@ -286,7 +292,7 @@ def load_run(run_dir: Path, device: str = "auto") -> Loaded:
     cfg = build_config(yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8")), source=str(run_dir / CONFIG_FILE))
     task = get_task(cfg.task)
     tokenizer = load_tokenizer(str(best))
-    model = HEADS.get(task.head)(encoder_from_config(str(best)), len(task.label.values), cfg.model.dropout)
+    model = build_head(task, encoder_from_config(str(best)), cfg.head, cfg.model.dropout)
     load_model(model, str(best / "model.safetensors"))
     dev = pick_device(device if device != "auto" else cfg.train.device)
     model.to(dev).eval()
@@ -298,11 +304,11 @@ def evaluate(run_dir: Path, split: str = "dev", data_dir: Optional[str] = None, 
     run = load_run(run_dir, device)
     data = _split(run.cfg, run.task, split, data_dir=data_dir)
     enc = run.encode(data)
-    if (enc.labels < 0).any():
+    if unlabelled(enc):
         raise ClueRunError(f"{data.source}: split {split!r} has unlabelled rows; use `clue-run predict` for it")
     logits, seconds = run.logits(enc)
     return {"run": str(run_dir), "task": run.task.name, "split": split, "examples": len(enc),
-            "metrics": score(run.task, HEADS.get(run.task.head), logits, enc),
+            "metrics": score(run.task, run.model, logits, enc),
             "eval_samples_per_s": round(len(enc) / max(seconds, 1e-9), 2)}
 
 
@@ -313,7 +319,7 @@ def predict(run_dir: Path, split: str = "test", data_dir: Optional[str] = None, 
     name = predict_file_name(run.task, clue_version)  # refuses tasks without a submission format
     data = _split(run.cfg, run.task, split, on_bad_row="error", data_dir=data_dir)  # a submission never skips rows
     logits, _ = run.logits(run.encode(data))
-    preds = HEADS.get(run.task.head).predict(torch.from_numpy(logits)).numpy()
+    preds = run.model.predict(torch.from_numpy(logits))
     path = Path(out) if out else Path(run_dir) / PREDICTIONS_DIR / name
     lines = [json.dumps({"id": ex.id, "label": run.task.label.values[p]}, ensure_ascii=False)
              for ex, p in zip(data.examples, preds)]

@@ -50,7 +50,7 @@ class TrainConfig(Strict):
     lr: float = Field(2e-5, gt=0, le=1)
     head_lr: Optional[float] = Field(None, gt=0, le=1)  # new head weights; default = lr
     epochs: int = Field(3, ge=1)
-    max_steps: Optional[int] = Field(None, ge=1)  # optimizer steps; overrides epochs
+    max_steps: Optional[int] = Field(None, ge=0)  # optimizer steps; overrides epochs; 0 = score the model untrained
     warmup: float = Field(0.1, ge=0, lt=1)  # fraction of optimizer steps
     weight_decay: float = Field(0.01, ge=0)
     grad_accum: int = Field(1, ge=1)
@@ -65,6 +65,14 @@ class TrainConfig(Strict):
     cuda_graphs: bool = True  # on CUDA, replay each step as a captured graph (falls back to eager when a method needs it)
 
 
+class HeadConfig(BaseModel):
+    """The head and its options (e.g. pooling, loss); options are validated by the head's own schema.
+    Without a name, the task's default head."""
+
+    model_config = ConfigDict(extra="allow")
+    name: Optional[str] = None
+
+
 class MethodConfig(BaseModel):
     """One training method and its parameters; parameters are validated by the method's own schema."""
 
@@ -77,6 +85,7 @@ class ExperimentConfig(Strict):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
+    head: HeadConfig = HeadConfig()
     methods: list[MethodConfig] = []
     output_dir: str = "results"
 
@@ -104,17 +113,29 @@ class ExperimentConfig(Strict):
         return methods
 
     @model_validator(mode="after")
-    def _variant_exists(self):
+    def _variant_and_head_resolve(self):
+        from .heads import head_params
         from .tasks import get_task
 
+        task = get_task(self.task)
         try:
-            get_task(self.task).resolve_variant(self.data.variant)
+            task.resolve_variant(self.data.variant)
         except ConfigError as err:
             raise ValueError(f"data.variant: {err}") from None
+        options = {k: v for k, v in self.head.model_dump().items() if k != "name"}
+        try:
+            head_params(self.head.name or task.head, options)
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
         return self
 
     def method_label(self) -> str:
-        return "+".join(["finetune", *[m.name for m in self.methods]])
+        """How reports name the method: training kind, head options that change it, methods."""
+        head = self.head.model_dump(exclude_none=True)
+        parts = ["finetune" if self.train.max_steps != 0 else "no-training"]
+        if head:
+            parts.append("/".join(f"{v}" if k == "name" else f"{k}={v}" for k, v in head.items()))
+        return "+".join([*parts, *[m.name for m in self.methods]])
 
 
 def _set_path(tree: dict, dotted: str, value: Any) -> None:

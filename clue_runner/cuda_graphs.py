@@ -39,13 +39,18 @@ class StaticBatcher:
 
 def _pad_rows(key: str, value: torch.Tensor, rows: int, pad_id: int) -> torch.Tensor:
     extra = rows - value.shape[0]
-    if key == "labels":
-        return torch.cat([value, value.new_full((extra,), IGNORE)])
-    fill = {"input_ids": pad_id, "attention_mask": 0}.get(key, 0)
-    filler = value.new_full((extra, value.shape[1]), fill)
-    if key == "attention_mask":
+    if key == "labels":  # ignored by the losses: -100 for class ids, NaN for scores
+        return torch.cat([value, value.new_full((extra,), float("nan") if value.is_floating_point() else IGNORE)])
+    if key == "row_valid":
+        return torch.cat([value, value.new_zeros(extra)])
+    filler = value.new_full((extra, value.shape[1]), pad_id if key.endswith("input_ids") else 0)
+    if key.endswith("attention_mask"):
         filler[:, 0] = 1  # one visible token: a fully masked row can turn attention into NaN
     return torch.cat([value, filler])
+
+
+def _shape_key(batch: dict[str, torch.Tensor]) -> tuple:
+    return tuple(tuple(v.shape) for k, v in sorted(batch.items()) if k.endswith("input_ids"))
 
 
 def _fill(static: dict[str, torch.Tensor], host: dict[str, torch.Tensor]) -> None:
@@ -84,7 +89,7 @@ class GraphedTrainStep:
     def _body(self, batch) -> torch.Tensor:
         with torch.autocast("cuda", dtype=self.amp, enabled=self.amp is not None, cache_enabled=False):
             logits = self.model(**batch)
-        loss = self.loss_fn(logits, batch["labels"])
+        loss = self.loss_fn(logits, batch)
         loss.backward()
         if self.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm, foreach=True)
@@ -137,7 +142,7 @@ class GraphedTrainStep:
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Run one step on a static-shape host batch; returns the loss (a device tensor)."""
-        key = tuple(batch["input_ids"].shape)
+        key = _shape_key(batch)
         if key not in self.graphs:
             self.graphs[key] = self._capture({k: v.cuda() for k, v in batch.items()})
         graph, static, loss = self.graphs[key]
@@ -161,7 +166,7 @@ class GraphedForward:
     @torch.no_grad()
     def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits of a static-shape host batch (a reused device buffer: copy what you keep)."""
-        key = tuple(batch["input_ids"].shape)
+        key = _shape_key(batch)
         if key not in self.graphs:
             static = {k: v.cuda() for k, v in batch.items()}
             _warm_up(lambda: self._run(static))

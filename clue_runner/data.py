@@ -16,6 +16,7 @@ from typing import Any, Iterator, Optional
 
 from .encoders import ENCODERS, RowError
 from .errors import DataError
+from .formats import read_rows
 from .tasks import TaskSpec
 
 DATA_DIR_ENV = "CLUE_DATA_DIR"
@@ -26,7 +27,7 @@ class Example:
     id: Any  # as in the file (test ids go back into the submission unchanged)
     text_a: str
     text_b: Optional[str]
-    label: Optional[int]  # index into task.label.values; None for unlabelled splits
+    label: Optional[int | float]  # index into task.label.values, or a score; None for unlabelled splits
 
 
 @dataclass
@@ -104,6 +105,33 @@ def _hub_rows(task: TaskSpec, split: str) -> Iterator[tuple[int, dict]]:
         yield i, row
 
 
+def _label_parser(task: TaskSpec):
+    """Label text → class index (categorical) or float (score), or RowError."""
+    spec = task.label
+    if spec.kind == "score":
+        low, high = spec.range
+
+        def score(raw: str) -> float:
+            try:
+                value = float(raw)
+            except ValueError:
+                raise RowError(spec.field, f"expected a number, got {raw!r}") from None
+            if not low <= value <= high:
+                raise RowError(spec.field, f"score {value} outside [{low}, {high}]")
+            return value
+
+        return score
+    index = {v: i for i, v in enumerate(spec.values)}
+
+    def category(raw: str) -> int:
+        if raw not in index:
+            shown = ", ".join(spec.values[:8]) + (", …" if len(spec.values) > 8 else "")
+            raise RowError(spec.field, f"unknown label {raw!r} (labels: {shown})")
+        return index[raw]
+
+    return category
+
+
 def load_split(
     task: TaskSpec,
     split: str,
@@ -119,13 +147,13 @@ def load_split(
         origin = f"hub:{task.data.hub.path}/{task.data.hub.name or ''}[{split}]"
         rows = _hub_rows(task, split)
     else:
-        directory = resolve_data_dir(data_dir) / task.data.dir
-        path = find_file(directory, task.split_file(split, variant))
+        layout = task.split_layout(split, variant)
+        path = find_file(resolve_data_dir(data_dir) / task.data.dir, layout.file)
         origin = str(path)
-        rows = read_json_lines(path)
+        rows = read_rows(path, layout.format, layout.columns, layout.header)
 
     encode = ENCODERS.get(task.inputs.encoder)
-    label_index = {v: i for i, v in enumerate(task.label.values)}
+    parse_label = _label_parser(task)
     data = SplitData(task=task.name, split=split, source=origin, examples=[])
     for line_no, row in rows:
         try:
@@ -137,10 +165,7 @@ def load_split(
                 if raw_label in task.label.drop:
                     data.dropped[raw_label] += 1
                     continue
-                if raw_label not in label_index:
-                    shown = ", ".join(task.label.values[:8]) + (", …" if len(task.label.values) > 8 else "")
-                    raise RowError(task.label.field, f"unknown label {raw_label!r} (labels: {shown})")
-                label = label_index[raw_label]
+                label = parse_label(raw_label)
         except RowError as err:
             problem = f"{origin}:{line_no}: field {err.field!r}: {err}"
             if on_bad_row != "skip":

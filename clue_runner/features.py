@@ -20,20 +20,33 @@ TOKENIZE_CHUNK = 2048
 
 
 @dataclass
-class Encoded:
+class Segment:
     """Token ids of every example, stored flat (ids[offsets[i]:offsets[i+1]] is example i)."""
 
     ids: np.ndarray  # int32
     offsets: np.ndarray  # int64, len n+1
     type_ids: Optional[np.ndarray]  # int8, same layout as ids; None if the tokenizer has none
-    labels: np.ndarray  # int64, -100 where unlabelled
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
 
     @property
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
+
+
+@dataclass
+class Encoded:
+    """Tokenized examples: one segment for a cross-encoder (text pairs joined), two for a
+    bi-encoder (keys "" and "b_": the prefixes of their batch keys), and the labels."""
+
+    segments: dict[str, Segment]
+    labels: np.ndarray  # int64 class ids (-100 where unlabelled) or float32 scores (NaN where unlabelled)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Tokens per example over all segments: what batching groups by and throughput counts."""
+        return sum(seg.lengths for seg in self.segments.values())
 
 
 _fingerprints: dict[int, str] = {}
@@ -50,24 +63,22 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return _fingerprints[key]
 
 
-def _cache_key(examples: Sequence[Example], tokenizer, max_length: int) -> str:
+def _cache_key(texts_a: Sequence[str], texts_b: Optional[Sequence[str]], tokenizer, max_length: int) -> str:
     h = hashlib.sha1()
-    h.update(f"v1|{tokenizer_fingerprint(tokenizer)}|{max_length}".encode())
-    for ex in examples:
-        h.update(ex.text_a.encode())
-        h.update(b"\x00" + (ex.text_b.encode() if ex.text_b is not None else b"\x01") + b"\x00")
+    h.update(f"v2|{tokenizer_fingerprint(tokenizer)}|{max_length}".encode())
+    for i, a in enumerate(texts_a):
+        h.update(a.encode())
+        h.update(b"\x00" + (texts_b[i].encode() if texts_b is not None else b"\x01") + b"\x00")
     return h.hexdigest()
 
 
-def _tokenize(examples: Sequence[Example], tokenizer, max_length: int) -> Encoded:
-    pair = examples[0].text_b is not None
+def _tokenize(texts_a: Sequence[str], texts_b: Optional[Sequence[str]], tokenizer, max_length: int) -> Segment:
     want_types = "token_type_ids" in tokenizer.model_input_names
     ids, types, lengths = [], [], []
-    for start in range(0, len(examples), TOKENIZE_CHUNK):
-        chunk = examples[start : start + TOKENIZE_CHUNK]
+    for start in range(0, len(texts_a), TOKENIZE_CHUNK):
         out = tokenizer(
-            [ex.text_a for ex in chunk],
-            [ex.text_b or "" for ex in chunk] if pair else None,
+            list(texts_a[start : start + TOKENIZE_CHUNK]),
+            list(texts_b[start : start + TOKENIZE_CHUNK]) if texts_b is not None else None,
             truncation=True,
             max_length=max_length,
             return_token_type_ids=want_types,
@@ -80,56 +91,73 @@ def _tokenize(examples: Sequence[Example], tokenizer, max_length: int) -> Encode
                 types.append(np.asarray(out["token_type_ids"][i], dtype=np.int8))
     offsets = np.zeros(len(ids) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    labels = np.array([-100 if ex.label is None else ex.label for ex in examples], dtype=np.int64)
-    return Encoded(
-        ids=np.concatenate(ids),
-        offsets=offsets,
-        type_ids=np.concatenate(types) if want_types else None,
-        labels=labels,
-    )
+    return Segment(ids=np.concatenate(ids), offsets=offsets, type_ids=np.concatenate(types) if want_types else None)
 
 
-def encode_examples(examples: Sequence[Example], tokenizer, max_length: int, use_cache: bool = True) -> Encoded:
-    """Tokenize, reusing an earlier identical tokenization from the on-disk cache."""
+def _cached_segment(texts_a, texts_b, tokenizer, max_length: int, use_cache: bool) -> Segment:
     if not use_cache:
-        return _tokenize(examples, tokenizer, max_length)
-    path = cache_root() / "tokens" / f"{_cache_key(examples, tokenizer, max_length)}.npz"
+        return _tokenize(texts_a, texts_b, tokenizer, max_length)
+    path = cache_root() / "tokens" / f"{_cache_key(texts_a, texts_b, tokenizer, max_length)}.npz"
     if path.is_file():
         with np.load(path) as z:
-            return Encoded(z["ids"], z["offsets"], z["type_ids"] if "type_ids" in z else None, z["labels"])
-    enc = _tokenize(examples, tokenizer, max_length)
+            return Segment(z["ids"], z["offsets"], z["type_ids"] if "type_ids" in z else None)
+    seg = _tokenize(texts_a, texts_b, tokenizer, max_length)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {"ids": enc.ids, "offsets": enc.offsets, "labels": enc.labels}
-    if enc.type_ids is not None:
-        arrays["type_ids"] = enc.type_ids
+    arrays = {"ids": seg.ids, "offsets": seg.offsets}
+    if seg.type_ids is not None:
+        arrays["type_ids"] = seg.type_ids
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
     with os.fdopen(fd, "wb") as fh:
         np.savez(fh, **arrays)
     os.replace(tmp, path)
-    return enc
+    return seg
+
+
+def encode_examples(examples: Sequence[Example], tokenizer, max_length: int, separate_pairs: bool = False,
+                    use_cache: bool = True) -> Encoded:
+    """Tokenize (reusing an identical earlier tokenization from the on-disk cache).
+
+    Text pairs become one sequence (`<s> A </s></s> B </s>` or `[CLS] A [SEP] B [SEP]`) unless
+    `separate_pairs`, where A and B are tokenized on their own for a bi-encoder.
+    """
+    texts_a = [ex.text_a for ex in examples]
+    texts_b = [ex.text_b for ex in examples] if examples[0].text_b is not None else None
+    if separate_pairs and texts_b is not None:
+        segments = {"": _cached_segment(texts_a, None, tokenizer, max_length, use_cache),
+                    "b_": _cached_segment(texts_b, None, tokenizer, max_length, use_cache)}
+    else:
+        segments = {"": _cached_segment(texts_a, texts_b, tokenizer, max_length, use_cache)}
+    if any(isinstance(ex.label, float) for ex in examples):
+        labels = np.array([np.nan if ex.label is None else ex.label for ex in examples], dtype=np.float32)
+    else:
+        labels = np.array([-100 if ex.label is None else ex.label for ex in examples], dtype=np.int64)
+    return Encoded(segments, labels)
 
 
 def collate(enc: Encoded, indices: Sequence[int], pad_id: int, pad_multiple: int = 1) -> dict[str, torch.Tensor]:
-    """Pad the chosen examples to the longest of them (rounded up to pad_multiple)."""
-    lengths = enc.lengths[indices]
-    width = int(lengths.max())
-    width = -(-width // pad_multiple) * pad_multiple
-    input_ids = np.full((len(indices), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(indices), width), dtype=np.int64)
-    types = np.zeros((len(indices), width), dtype=np.int64) if enc.type_ids is not None else None
-    for row, i in enumerate(indices):
-        a, b = enc.offsets[i], enc.offsets[i + 1]
-        input_ids[row, : b - a] = enc.ids[a:b]
-        mask[row, : b - a] = 1
+    """Pad each segment of the chosen examples to its longest (rounded up to pad_multiple).
+
+    `row_valid` marks real rows: the fast path appends filler rows, which losses must ignore.
+    """
+    batch = {}
+    for prefix, seg in enc.segments.items():
+        lengths = seg.lengths[indices]
+        width = -(-int(lengths.max()) // pad_multiple) * pad_multiple
+        input_ids = np.full((len(indices), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(indices), width), dtype=np.int64)
+        types = np.zeros((len(indices), width), dtype=np.int64) if seg.type_ids is not None else None
+        for row, i in enumerate(indices):
+            a, b = seg.offsets[i], seg.offsets[i + 1]
+            input_ids[row, : b - a] = seg.ids[a:b]
+            mask[row, : b - a] = 1
+            if types is not None:
+                types[row, : b - a] = seg.type_ids[a:b]
+        batch[f"{prefix}input_ids"] = torch.from_numpy(input_ids)
+        batch[f"{prefix}attention_mask"] = torch.from_numpy(mask)
         if types is not None:
-            types[row, : b - a] = enc.type_ids[a:b]
-    batch = {
-        "input_ids": torch.from_numpy(input_ids),
-        "attention_mask": torch.from_numpy(mask),
-        "labels": torch.from_numpy(enc.labels[indices]),
-    }
-    if types is not None:
-        batch["token_type_ids"] = torch.from_numpy(types)
+            batch[f"{prefix}token_type_ids"] = torch.from_numpy(types)
+    batch["labels"] = torch.from_numpy(enc.labels[indices])
+    batch["row_valid"] = torch.ones(len(indices), dtype=torch.bool)
     return batch
 
 

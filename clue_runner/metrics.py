@@ -36,3 +36,19 @@ def binary_f1(gold: np.ndarray, pred: np.ndarray, num_labels: int) -> float:
 def compute_metrics(names: Sequence[str], gold, pred, num_labels: int) -> dict[str, float]:
     gold, pred = np.asarray(gold), np.asarray(pred)
     return {name: METRICS.get(name)(gold, pred, num_labels) for name in names}
+
+
+# Similarity metrics (spearman, pearson) register themselves there.
+from . import similarity  # noqa: E402
+
+
+@METRICS.register("threshold_accuracy")
+def threshold_accuracy(gold: np.ndarray, pred: np.ndarray, num_labels: int) -> float:
+    """Accuracy of `score > t` with t searched on these same scores (when no separate
+    validation split is configured, this is the oracle threshold of the evaluated split)."""
+    return similarity.threshold_scores(pred, gold, similarity.best_threshold(pred, gold))["accuracy"]
+
+
+@METRICS.register("threshold_f1")
+def threshold_f1(gold: np.ndarray, pred: np.ndarray, num_labels: int) -> float:
+    return similarity.threshold_scores(pred, gold, similarity.best_threshold(pred, gold))["f1"]

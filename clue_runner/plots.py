@@ -54,7 +54,7 @@ def _curves(ax, runs: list[Run], report: Report, colours: dict[str, tuple], key:
             metric = report.metrics[run.task]
             points = [(h["epoch"], h["metrics"][metric] * 100) for h in run.history if metric in h.get("metrics", {})]
         else:
-            points = [(h["epoch"], h["train_loss"]) for h in run.history]
+            points = [(h["epoch"], h["train_loss"]) for h in run.history if h.get("train_loss") is not None]
         if points:
             epochs, values = zip(*points)
             ax.plot(epochs, values, styles[run.task], color=colours[label], marker="o", markersize=2, linewidth=1.2)

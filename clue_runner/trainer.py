@@ -91,10 +91,11 @@ class Trainer:
         self.cfg, self.pad_id, self.device = cfg, pad_id, device
         self.resume_dir = resume_dir
         self.amp = autocast_dtype(cfg.precision, device)
-        self.lengths = train_data.lengths
-        self.batches_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
+        # No training data: max_steps 0, the run only scores the model as it is.
+        self.lengths = train_data.lengths if train_data is not None else np.zeros(0, dtype=np.int64)
+        self.batches_per_epoch = math.ceil(len(self.lengths) / cfg.batch_size)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.grad_accum)
-        self.total_steps = cfg.max_steps or self.steps_per_epoch * cfg.epochs
+        self.total_steps = cfg.max_steps if cfg.max_steps is not None else self.steps_per_epoch * cfg.epochs
         self.state = TrainState()
 
         seed_everything(cfg.seed)
@@ -141,7 +142,7 @@ class Trainer:
     def _compute(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             logits = self.model(**batch)
-        return self.loss_fn(logits, batch["labels"]), logits
+        return self.loss_fn(logits, batch), logits
 
     def _loss(self, batch) -> torch.Tensor:
         for m in self.methods:
@@ -157,6 +158,9 @@ class Trainer:
         # Summed on the device: reading a loss every step would sync the host with the GPU.
         self._loss_sum = torch.tensor(state.pending_loss, device=self.device)
         self.model.train()
+        if self.total_steps == 0:
+            yield self._eval()
+            return
         with _progress() as progress:
             bar = progress.add_task("train", total=self.total_steps, completed=state.step)
             self._mark()
@@ -212,7 +216,7 @@ class Trainer:
         state.pending_count += 1
         state.samples += len(indices)
         state.real_tokens += int(self.lengths[indices].sum())
-        state.padded_tokens += host["input_ids"].numel()
+        state.padded_tokens += sum(v.numel() for k, v in host.items() if k.endswith("input_ids"))
 
     def _mark(self) -> None:
         self._t0 = time.perf_counter()
@@ -242,8 +246,8 @@ class Trainer:
         improved = state.best is None or main > state.best["metrics"][self.main_metric]
         record = {
             "step": state.step,
-            "epoch": round(state.step / self.steps_per_epoch, 4),
-            "train_loss": float(self._loss_sum) / max(state.pending_count, 1),
+            "epoch": round(state.step / self.steps_per_epoch, 4) if self.steps_per_epoch else 0.0,
+            "train_loss": float(self._loss_sum) / state.pending_count if state.pending_count else None,
             "lr": self.scheduler.get_last_lr()[0],
             "metrics": metrics,
             "train_seconds": round(state.train_seconds, 3),

@@ -12,7 +12,7 @@ from clue_runner.api import predict_logits
 from clue_runner.cuda_graphs import IGNORE, WIDTH_STEP, StaticBatcher
 from clue_runner.data import load_split
 from clue_runner.features import collate, encode_examples, eval_batches
-from clue_runner.heads import ClsHead
+from clue_runner.heads import build_head
 from clue_runner.models import load_encoder, load_tokenizer
 from clue_runner.tasks import get_task
 from clue_runner.trainer import fast_path_blocker
@@ -24,7 +24,7 @@ def setup(tiny_model, data_dir):
     data = load_split(get_task("fewclue_bustm"), "dev", str(data_dir), limit=45)
     enc = encode_examples(data.examples, tok, 64)
     torch.manual_seed(0)
-    model = ClsHead(load_encoder(str(tiny_model)), 2, dropout=0.0).eval()
+    model = build_head(get_task("fewclue_bustm"), load_encoder(str(tiny_model)), dropout=0.0).eval()
     return tok, enc, model
 
 
@@ -35,6 +35,7 @@ def test_static_batches_keep_every_example_whole_and_in_order(setup):
         static, real = batcher(idx)
         dynamic = collate(enc, idx, tok.pad_token_id)
         width = dynamic["input_ids"].shape[1]
+        assert static["row_valid"][:real].all() and not static["row_valid"][real:].any()
         assert static["input_ids"].shape == (16, -(-width // WIDTH_STEP) * WIDTH_STEP)
         assert real == len(idx)
         assert torch.equal(static["input_ids"][:real, :width], dynamic["input_ids"])
@@ -50,8 +51,8 @@ def test_static_and_dynamic_losses_agree(setup):
         for idx in eval_batches(enc.lengths, 16):
             static, real = batcher(idx)
             dynamic = collate(enc, idx, tok.pad_token_id)
-            loss_static = model.loss(model(**static), static["labels"])
-            loss_dynamic = model.loss(model(**dynamic), dynamic["labels"])
+            loss_static = model.loss(model(**static), static)
+            loss_dynamic = model.loss(model(**dynamic), dynamic)
             assert torch.isfinite(loss_static)
             assert loss_static.item() == pytest.approx(loss_dynamic.item(), abs=1e-5)
 

@@ -30,6 +30,16 @@ def test_eval_batches_sorted_and_complete():
     assert np.concatenate(batches).tolist() == [1, 3, 0, 4, 2]
 
 
+def test_bi_encoder_segments_tokenize_each_text_alone(tiny_model):
+    tok = load_tokenizer(str(tiny_model))
+    examples = [Example(0, "花呗提额", "借呗额度很高", 1), Example(1, "你好", "再见", 0)]
+    enc = encode_examples(examples, tok, 32, separate_pairs=True)
+    batch = collate(enc, [1, 0], tok.pad_token_id)
+    assert batch["input_ids"][1, : enc.segments[""].lengths[0]].tolist() == tok("花呗提额")["input_ids"]
+    assert batch["b_input_ids"][1, : enc.segments["b_"].lengths[0]].tolist() == tok("借呗额度很高")["input_ids"]
+    assert enc.lengths.tolist() == (enc.segments[""].lengths + enc.segments["b_"].lengths).tolist()
+
+
 def test_collate_never_truncates_or_reorders(tiny_model):
     tok = load_tokenizer(str(tiny_model))
     examples = [Example(i, "今天天气很好" * (i + 1), "我们去公园" if i % 2 else "散步", 0) for i in range(6)]
@@ -52,8 +62,8 @@ def test_tokenization_cache_is_reused_and_keyed(tiny_model, monkeypatch):
     examples = [Example(0, "花呗提额", "借呗额度", 1), Example(1, "你好", "再见", 0)]
     first = encode_examples(examples, tok, 32)
     calls = []
-    monkeypatch.setattr(features, "_tokenize", lambda *a: calls.append(a) or first)
+    monkeypatch.setattr(features, "_tokenize", lambda *a: calls.append(a) or first.segments[""])
     again = encode_examples(examples, tok, 32)
-    assert calls == [] and again.ids.tolist() == first.ids.tolist()
+    assert calls == [] and again.segments[""].ids.tolist() == first.segments[""].ids.tolist()
     encode_examples(examples, tok, 16)  # another max_length is another cache entry
     assert len(calls) == 1

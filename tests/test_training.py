@@ -101,7 +101,7 @@ def test_bad_data_leaves_nothing_behind(tiny_model, tmp_path):
 def test_fgm_restores_embeddings_exactly_and_changes_gradients(tiny_model, data_dir, tmp_path):
     from clue_runner.data import load_split
     from clue_runner.features import collate, encode_examples
-    from clue_runner.heads import ClsHead
+    from clue_runner.heads import build_head
     from clue_runner.methods import build_methods
     from clue_runner.models import load_encoder, load_tokenizer
     from clue_runner.tasks import get_task
@@ -111,13 +111,13 @@ def test_fgm_restores_embeddings_exactly_and_changes_gradients(tiny_model, data_
     enc = encode_examples(load_split(task, "dev", str(data_dir), limit=8).examples, tok, 64)
     batch = collate(enc, list(range(8)), tok.pad_token_id)
     torch.manual_seed(0)
-    model = ClsHead(load_encoder(str(tiny_model)), 2, dropout=0.0)
+    model = build_head(task, load_encoder(str(tiny_model)), dropout=0.0)
     (fgm,) = build_methods(build_config({"task": "afqmc", "methods": [{"name": "fgm", "epsilon": 0.5}]}).methods)
     fgm.setup(model)
 
     def compute(b):
         logits = model(**b)
-        return model.loss(logits, b["labels"]), logits
+        return model.loss(logits, b), logits
 
     before = model.encoder.get_input_embeddings().weight.detach().clone()
     compute(batch)[0].backward()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -29,9 +29,24 @@ class HubSource(_Strict):
     splits: dict[str, str] = {}  # our split name -> hub split name (default: same)
 
 
+Format = Literal["jsonl", "tsv", "csv", "lines"]
+
+
+class SplitFile(_Strict):
+    """A split whose file differs in layout from the task's default (e.g. unlabelled SimCSE text)."""
+
+    file: str
+    format: Optional[Format] = None
+    columns: Optional[list[str]] = None
+    header: Optional[bool] = None
+
+
 class DataSpec(_Strict):
     dir: str  # relative to the data directory
-    splits: dict[str, str]  # split -> file name; may contain {variant}
+    splits: dict[str, Union[str, SplitFile]]  # split -> file name (may contain {variant}), relative to dir
+    format: Format = "jsonl"  # JSON lines (CLUE), tab- or comma-separated text, or one text per line
+    columns: Optional[list[str]] = None  # field names of delimited files without a header row
+    header: bool = False  # delimited files: the first row names the fields
     variants: list[str] = []  # e.g. FewCLUE's 0..4, few_all
     default_variant: Optional[str] = None
     hub: Optional[HubSource] = None
@@ -47,12 +62,18 @@ class InputSpec(_Strict):
 
 class LabelSpec(_Strict):
     field: str = "label"
-    values: list[str]  # label strings exactly as in the data and the submission
+    kind: Literal["categorical", "score"] = "categorical"  # score: a number, e.g. STS-B similarity 0–5
+    values: list[str] = []  # categorical: label strings exactly as in the data and the submission
+    range: Optional[tuple[float, float]] = None  # score: allowed [low, high]
     names: dict[str, str] = {}  # optional human-readable names per value
     drop: list[str] = []  # rows with these labels are not examples (OCNLI "-"); counted
 
     @model_validator(mode="after")
-    def _unique(self):
+    def _consistent(self):
+        if self.kind == "categorical" and not self.values:
+            raise ValueError("label.values is required for categorical labels")
+        if self.kind == "score" and self.range is None:
+            raise ValueError("label.range is required for score labels")
         if len(set(self.values)) != len(self.values):
             raise ValueError("label.values has duplicates")
         return self
@@ -74,6 +95,7 @@ class TaskSpec(_Strict):
     label: LabelSpec
     id_field: str = "id"
     head: str = "cls"
+    prediction: Literal["class", "score"] = "class"  # score: metrics rank a similarity score (STS)
     metrics: list[str] = Field(min_length=1)
     main_metric: str
     submission: Optional[SubmissionSpec] = None
@@ -108,12 +130,23 @@ class TaskSpec(_Strict):
         return variant
 
     def split_file(self, split: str, variant: Optional[str]) -> str:
+        return self.split_layout(split, variant).file
+
+    def split_layout(self, split: str, variant: Optional[str]) -> SplitFile:
+        """File name and layout of a split, with the task's defaults filled in."""
         if split not in self.data.splits:
             raise ConfigError(
                 f"task {self.name!r} has no split {split!r}{did_you_mean(split, self.data.splits)}"
                 f" (splits: {', '.join(self.data.splits)})"
             )
-        return self.data.splits[split].format(variant=self.resolve_variant(variant))
+        entry = self.data.splits[split]
+        entry = SplitFile(file=entry) if isinstance(entry, str) else entry
+        return SplitFile(
+            file=entry.file.format(variant=self.resolve_variant(variant)),
+            format=entry.format or self.data.format,
+            columns=entry.columns if entry.columns is not None else self.data.columns,
+            header=entry.header if entry.header is not None else self.data.header,
+        )
 
 
 def _builtin_dir():
