@@ -28,10 +28,12 @@ test: install
 clean:
 	rm -rf $(VENV) build *.egg-info
 
-# Regenerate docs/RESULTS.md and its picture from the example runs kept in results/examples/.
+# Regenerate docs/RESULTS.md and docs/STS.md (and their pictures) from the runs kept in results/examples/.
 .PHONY: docs
+REPORT_H100 := results/examples/h100 --throughput --baselines bert4keras,fewclue --format markdown
+REPORT_STS := results/examples/cpu-sts --task stsb,lcqmc,pawsx,bq,atec --baselines cosent,unsup-sts --format markdown
 docs: install
-	{ cat docs/RESULTS.head.md; \
-	  echo '```'; echo '$$ clue-run report results/examples/h100 --throughput --baselines bert4keras,fewclue --format markdown'; echo '```'; echo; \
-	  $(BIN)/clue-run report results/examples/h100 --throughput --baselines bert4keras,fewclue --format markdown \
-	    --plot docs/results-h100.png; } > docs/RESULTS.md
+	{ cat docs/RESULTS.head.md; echo '```'; echo '$$ clue-run report $(REPORT_H100)'; echo '```'; echo; \
+	  $(BIN)/clue-run report $(REPORT_H100) --plot docs/results-h100.png; } > docs/RESULTS.md
+	{ cat docs/STS.head.md; echo '```'; echo '$$ clue-run report $(REPORT_STS)'; echo '```'; echo; \
+	  $(BIN)/clue-run report $(REPORT_STS) --plot docs/sts-cpu.png; } > docs/STS.md

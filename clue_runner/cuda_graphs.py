@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
-import numpy as np
 import torch
 
 from .features import Encoded, collate
@@ -31,6 +30,9 @@ class StaticBatcher:
 
     def __call__(self, indices: Sequence[int]) -> tuple[dict[str, torch.Tensor], int]:
         batch = collate(self.enc, indices, self.pad_id, pad_multiple=WIDTH_STEP)
+        # A bi-encoder's two segments share one width: otherwise every (width A, width B) pair is a graph.
+        width = max(v.shape[1] for k, v in batch.items() if k.endswith("input_ids"))
+        batch = {k: _pad_columns(k, v, width, self.pad_id) for k, v in batch.items()}
         real = len(indices)
         if real < self.rows:
             batch = {k: _pad_rows(k, v, self.rows, self.pad_id) for k, v in batch.items()}
@@ -47,6 +49,13 @@ def _pad_rows(key: str, value: torch.Tensor, rows: int, pad_id: int) -> torch.Te
     if key.endswith("attention_mask"):
         filler[:, 0] = 1  # one visible token: a fully masked row can turn attention into NaN
     return torch.cat([value, filler])
+
+
+def _pad_columns(key: str, value: torch.Tensor, width: int, pad_id: int) -> torch.Tensor:
+    if value.ndim < 2 or value.shape[1] == width:
+        return value
+    filler = value.new_full((value.shape[0], width - value.shape[1]), pad_id if key.endswith("input_ids") else 0)
+    return torch.cat([value, filler], dim=1)
 
 
 def _shape_key(batch: dict[str, torch.Tensor]) -> tuple:

@@ -141,6 +141,7 @@ def load_split(
     source: str = "local",
     limit: Optional[int] = None,
 ) -> SplitData:
+    inputs = task.inputs
     if source == "hub":
         if task.data.hub is None:
             raise DataError(f"task {task.name!r} names no datasets hub path (data.hub in its YAML)")
@@ -150,14 +151,17 @@ def load_split(
         layout = task.split_layout(split, variant)
         path = find_file(resolve_data_dir(data_dir) / task.data.dir, layout.file)
         origin = str(path)
-        rows = read_rows(path, layout.format, layout.columns, layout.header)
+        columns = layout.columns or ([task.inputs.text_a] if layout.format == "lines" else None)
+        rows = read_rows(path, layout.format, columns, layout.header)
+        if layout.unpaired:
+            inputs = inputs.model_copy(update={"text_b": None})
 
-    encode = ENCODERS.get(task.inputs.encoder)
+    encode = ENCODERS.get(inputs.encoder)
     parse_label = _label_parser(task)
     data = SplitData(task=task.name, split=split, source=origin, examples=[])
     for line_no, row in rows:
         try:
-            text_a, text_b = encode(row, task.inputs)
+            text_a, text_b = encode(row, inputs)
             label = None
             raw_label = row.get(task.label.field)
             if raw_label is not None:

@@ -54,13 +54,13 @@ def read_delimited(path: Path, delimiter: str, columns: Optional[list[str]], hea
             yield line_no, dict(zip(columns, fields))
 
 
-def read_lines(path: Path) -> Rows:
-    """One sentence per line: {"text": line}, skipping blank lines."""
+def read_lines(path: Path, field: str = "text") -> Rows:
+    """One sentence per line: {field: line}, skipping blank lines."""
     with _open_text(path) as fh:
         for line_no, line in enumerate(fh, start=1):
             text = line.rstrip("\r\n")
             if text.strip():
-                yield line_no, {"text": text}
+                yield line_no, {field: text}
 
 
 def _jsonl(path: Path, columns, header) -> Rows:
@@ -73,7 +73,7 @@ READERS: dict[str, Callable[[Path, Optional[list[str]], bool], Rows]] = {
     "jsonl": _jsonl,
     "tsv": lambda path, columns, header: read_delimited(path, "\t", columns, header),
     "csv": lambda path, columns, header: read_delimited(path, ",", columns, header),
-    "lines": lambda path, columns, header: read_lines(path),
+    "lines": lambda path, columns, header: read_lines(path, columns[0] if columns else "text"),
 }
 
 

@@ -1,4 +1,5 @@
-"""Metrics by name. Each takes gold and predicted label indices and returns a float in [0, 1].
+"""Metrics by name. Each takes gold labels and predictions (class ids, or similarity scores for
+ranking metrics) and returns a float: in [0, 1], or [-1, 1] for correlations.
 
 Backed by scikit-learn, with the label set passed explicitly so that classes missing
 from a small dev split still count in macro averages.
@@ -33,22 +34,33 @@ def binary_f1(gold: np.ndarray, pred: np.ndarray, num_labels: int) -> float:
     return float(skm.f1_score(gold, pred, labels=[1], average="macro", zero_division=0))
 
 
-def compute_metrics(names: Sequence[str], gold, pred, num_labels: int) -> dict[str, float]:
+def compute_metrics(names: Sequence[str], gold, pred, num_labels: int, calibration=None) -> dict[str, float]:
+    """Metrics by name. `calibration` = (gold, pred) of a validation split for metrics that fit
+    something first (a decision threshold); without it they fit on the scored split itself."""
     gold, pred = np.asarray(gold), np.asarray(pred)
-    return {name: METRICS.get(name)(gold, pred, num_labels) for name in names}
+    calibration = calibration or (gold, pred)
+    out = {}
+    for name in names:
+        fn = METRICS.get(name)
+        out[name] = fn(gold, pred, num_labels, calibration) if getattr(fn, "calibrated", False) else fn(gold, pred, num_labels)
+    return out
 
 
 # Similarity metrics (spearman, pearson) register themselves there.
 from . import similarity  # noqa: E402
 
 
-@METRICS.register("threshold_accuracy")
-def threshold_accuracy(gold: np.ndarray, pred: np.ndarray, num_labels: int) -> float:
-    """Accuracy of `score > t` with t searched on these same scores (when no separate
-    validation split is configured, this is the oracle threshold of the evaluated split)."""
-    return similarity.threshold_scores(pred, gold, similarity.best_threshold(pred, gold))["accuracy"]
+def _at_searched_threshold(key: str):
+    def metric(gold: np.ndarray, pred: np.ndarray, num_labels: int, calibration) -> float:
+        cal_gold, cal_pred = calibration
+        threshold = similarity.best_threshold(cal_pred, cal_gold)  # fitted on the validation split...
+        return similarity.threshold_scores(pred, gold, threshold)[key]  # ...applied unchanged here
+
+    metric.calibrated = True
+    return metric
 
 
-@METRICS.register("threshold_f1")
-def threshold_f1(gold: np.ndarray, pred: np.ndarray, num_labels: int) -> float:
-    return similarity.threshold_scores(pred, gold, similarity.best_threshold(pred, gold))["f1"]
+# Accuracy / F1 of `score > t`, t maximising accuracy on the validation split (data.threshold_split;
+# without one, on the scored split itself: an oracle threshold).
+METRICS.register("threshold_accuracy")(_at_searched_threshold("accuracy"))
+METRICS.register("threshold_f1")(_at_searched_threshold("f1"))

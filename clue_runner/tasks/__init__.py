@@ -37,8 +37,9 @@ class SplitFile(_Strict):
 
     file: str
     format: Optional[Format] = None
-    columns: Optional[list[str]] = None
+    columns: Optional[list[str]] = None  # for `lines`: the field name of the one text (default: inputs.text_a)
     header: Optional[bool] = None
+    unpaired: bool = False  # rows hold only the first text (unlabelled SimCSE sentences of a pair task)
 
 
 class DataSpec(_Strict):
@@ -146,6 +147,7 @@ class TaskSpec(_Strict):
             format=entry.format or self.data.format,
             columns=entry.columns if entry.columns is not None else self.data.columns,
             header=entry.header if entry.header is not None else self.data.header,
+            unpaired=entry.unpaired,
         )
 
 
