@@ -7,6 +7,7 @@ coloured by system (model · method) as in the shared legend, line style by task
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 from .report import Report, Row, Run
@@ -89,7 +90,10 @@ def plot_report(report: Report, runs: list[Run], path: Path) -> Path:
         loss.set_ylabel("train loss")
         loss.set_title("Training loss")
         # One legend for the whole figure: a system has the same colour in every panel.
-        fig.legend(*bars.get_legend_handles_labels(), loc="outside lower center", fontsize=7, frameon=False,
+        handles, labels = bars.get_legend_handles_labels()
+        # Long method names (head options spelled out) would run off the fixed-size canvas: wrap them.
+        labels = [textwrap.fill(label, 60) for label in labels]
+        fig.legend(handles, labels, loc="outside lower center", fontsize=7, frameon=False,
                    ncol=min(3, max(len(report.rows), 1)))
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
