@@ -105,10 +105,10 @@ class ExperimentConfig(Strict):
     @field_validator("methods")
     @classmethod
     def _methods_exist(cls, methods: list[MethodConfig]) -> list[MethodConfig]:
-        from .methods import validate_methods
+        from .methods import build_methods
 
         try:
-            validate_methods(methods)
+            build_methods(methods)
         except ConfigError as err:
             raise ValueError(str(err)) from None
         return methods

@@ -141,7 +141,7 @@ class EmbeddingHead(Head):
         return torch.cat([u, v], -1)
 
     def loss(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
-        from .similarity import cosent_loss, sbert_features
+        from .similarity import cosent_loss, in_batch_contrastive_loss, sbert_features
 
         u, v = outputs.float().chunk(2, dim=-1)
         valid = batch["row_valid"]
@@ -156,12 +156,8 @@ class EmbeddingHead(Head):
             target = torch.where(valid & (labels == labels), target, torch.full_like(target, -100))
             return F.cross_entropy(self.classifier(self.dropout(sbert_features(u, v))), target)
         # In-batch contrastive: row i's positive is v_i; other valid rows are negatives.
-        sim = F.normalize(u, dim=-1) @ F.normalize(v, dim=-1).T / self.params.temperature
-        sim = sim.masked_fill(~valid.unsqueeze(0), float("-inf"))
         anchors = valid if kind == "simcse" else valid & (labels.float() > 0.5 * self._top_label())
-        target = torch.arange(len(u), device=u.device)
-        per_row = F.cross_entropy(sim, target, reduction="none")
-        return _masked_mean(per_row.nan_to_num(), anchors)
+        return in_batch_contrastive_loss(u, v, self.params.temperature, valid, anchors)
 
     def _top_label(self) -> float:
         return float(self.task.label.range[1]) if self.task.label.kind == "score" else 1.0

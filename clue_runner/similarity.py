@@ -88,10 +88,21 @@ def sbert_features(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.cat([u, v, (u - v).abs()], dim=-1)
 
 
-def in_batch_contrastive_loss(u: torch.Tensor, v: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
-    """InfoNCE over cosine similarities: v[i] is u[i]'s positive, every other v[j] a negative."""
+def in_batch_contrastive_loss(u: torch.Tensor, v: torch.Tensor, temperature: float = 0.05,
+                              valid: torch.Tensor | None = None, anchors: torch.Tensor | None = None) -> torch.Tensor:
+    """InfoNCE over cosine similarities: v[i] is u[i]'s positive, every other v[j] a negative.
+
+    `valid` drops columns (filler rows are no negatives); `anchors` chooses the rows that count
+    (positive pairs). Masks, not indexing: no data-dependent shapes, so it can be graph-captured.
+    """
     sim = F.normalize(u, dim=-1) @ F.normalize(v, dim=-1).T / temperature
-    return F.cross_entropy(sim, torch.arange(len(u), device=u.device))
+    if valid is not None:
+        sim = sim.masked_fill(~valid.unsqueeze(0), float("-inf"))
+    per_row = F.cross_entropy(sim, torch.arange(len(u), device=u.device), reduction="none")
+    if anchors is None:
+        return per_row.mean()
+    weights = anchors.to(per_row.dtype)
+    return (per_row.nan_to_num() * weights).sum() / weights.sum().clamp_min(1)
 
 
 def fit_whitening(vectors: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:

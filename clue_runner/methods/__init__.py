@@ -63,10 +63,6 @@ def _parse(index: int, cfg) -> Method:
         raise ConfigError(f"{problems} (method {cfg.name!r} takes: {', '.join(cls.Params.model_fields) or 'no parameters'})") from None
 
 
-def validate_methods(configs) -> None:
-    build_methods(configs)
-
-
 def build_methods(configs) -> list[Method]:
     methods = [_parse(i, cfg) for i, cfg in enumerate(configs)]
     owners = [type(m).__name__ for m in methods if m.owns_loss]
