@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets
 import shutil
 import time
@@ -14,6 +13,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import yaml
 from safetensors.torch import load_model, save_model
 
@@ -23,12 +23,14 @@ from .data import Example, SplitData, load_split
 from .errors import ClueRunError, DataError
 from .features import Encoded, collate, encode_examples, eval_batches, to_device
 from .heads import build_head
+from .heads_structured import MASKED
+from .structured_inputs import choice_text
 from .methods import build_methods
 from .metrics import compute_metrics
 from .models import encoder_from_config, load_encoder, load_tokenizer, model_slug, resolve_model
 from .paths import cache_root
 from .results import RESULT_FILE, SCHEMA_VERSION, atomic_write_text, environment, read_result, write_result
-from .submit import PREDICTIONS_DIR, predict_file_name
+from .submit import PREDICTIONS_DIR, format_predictions, predict_file_name
 from .tasks import TaskSpec, get_task
 from .trainer import Event, Trainer, autocast_dtype, pick_device, seed_everything
 
@@ -70,7 +72,7 @@ def predict_logits(model, enc: Encoded, batch_size: int, pad_id: int, device, am
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 parts.append(model(**batch).float())
         order.append(idx)
-    logits = torch.cat(parts).cpu().numpy()  # one host sync for the whole split
+    logits = _stack(parts).cpu().numpy()  # one host sync for the whole split
     seconds = time.perf_counter() - start
     out = np.empty_like(logits)
     out[np.concatenate(order)] = logits
@@ -78,14 +80,19 @@ def predict_logits(model, enc: Encoded, batch_size: int, pad_id: int, device, am
     return out, seconds
 
 
+def _stack(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Batches' outputs as one tensor; outputs per token (spans) are padded to the widest batch."""
+    shape = [max(p.shape[d] for p in parts) for d in range(1, parts[0].ndim)]
+    padded = []
+    for p in parts:
+        pad = [x for d in reversed(range(1, p.ndim)) for x in (0, shape[d - 1] - p.shape[d])]
+        padded.append(F.pad(p, pad, value=MASKED) if any(pad) else p)
+    return torch.cat(padded)
+
+
 def score(task: TaskSpec, head, outputs: np.ndarray, enc: Encoded, calibration=None) -> dict[str, float]:
-    preds = head.predict(torch.from_numpy(outputs))
-    return compute_metrics(task.metrics, enc.labels, preds, len(task.label.values), calibration)
-
-
-def unlabelled(enc: Encoded) -> bool:
-    labels = enc.labels
-    return bool(np.isnan(labels).any() if labels.dtype.kind == "f" else (labels < 0).any())
+    preds = head.predict(torch.from_numpy(outputs), enc)
+    return compute_metrics(task.metrics, enc.targets, preds, len(task.label.values), calibration)
 
 
 # -- building ------------------------------------------------------------------------------
@@ -104,13 +111,13 @@ class Loaded:
     graphed: Optional[GraphedForward] = None
 
     def encode(self, data: SplitData) -> Encoded:
-        return encode_examples(data.examples, self.tokenizer, self.cfg.data.max_length, self.model.separate_pairs)
+        return self.model.featurize(data.examples, self.tokenizer, self.cfg.data.max_length)
 
     def calibration(self, enc: Optional[Encoded]):
         """(gold, predictions) of the threshold split, for metrics that fit a threshold there."""
         if enc is None:
             return None
-        return enc.labels, self.model.predict(torch.from_numpy(self.logits(enc)[0]))
+        return enc.targets, self.model.predict(torch.from_numpy(self.logits(enc)[0]), enc)
 
     def threshold_split(self, scored_split: str) -> Optional[Encoded]:
         split = self.cfg.data.threshold_split
@@ -119,15 +126,17 @@ class Loaded:
         return self.encode(_split(self.cfg, self.task, split))
 
     def logits(self, enc: Encoded) -> tuple[np.ndarray, float]:
-        if self.graphed is None and self.device.type == "cuda" and self.cfg.train.cuda_graphs:
+        if self.graphed is None and self.device.type == "cuda" and self.cfg.train.cuda_graphs and self.model.graphable:
             self.graphed = GraphedForward(self.model, self.amp)  # kept: graphs read the weights in place
         return predict_logits(self.model, enc, self.cfg.train.eval_batch_size, self.tokenizer.pad_token_id,
                               self.device, self.amp, self.graphed)
 
 
-def _split(cfg: ExperimentConfig, task: TaskSpec, split: str, limit=None, on_bad_row=None, data_dir=None) -> SplitData:
+def _split(cfg: ExperimentConfig, task: TaskSpec, split: str, limit=None, on_bad_row=None, data_dir=None,
+           training: bool = False) -> SplitData:
     return load_split(task, split, data_dir=data_dir or cfg.data.dir, variant=cfg.data.variant,
-                      on_bad_row=on_bad_row or cfg.data.on_bad_row, source=cfg.data.source, limit=limit)
+                      on_bad_row=on_bad_row or cfg.data.on_bad_row, source=cfg.data.source, limit=limit,
+                      training=training)
 
 
 def task_texts(task: TaskSpec, data_dir: Optional[str]) -> list[str]:
@@ -137,7 +146,7 @@ def task_texts(task: TaskSpec, data_dir: Optional[str]) -> list[str]:
     seen = set()
     for split in task.data.splits:
         for variant in variants:
-            name = task.split_file(split, variant)
+            name = str(task.split_file(split, variant))
             if name in seen:
                 continue
             seen.add(name)
@@ -145,7 +154,9 @@ def task_texts(task: TaskSpec, data_dir: Optional[str]) -> list[str]:
                 data = load_split(task, split, data_dir=data_dir, variant=variant, on_bad_row="skip")
             except DataError:
                 continue  # e.g. a split this download does not have
-            texts += [t for ex in data.examples for t in (ex.text_a, ex.text_b) if t]
+            for ex in data.examples:
+                texts += [t for t in (ex.text_a, ex.text_b) if t]
+                texts += [choice_text(ex.text_a, c) for c in ex.extra.get("choices", ())]
     return texts
 
 
@@ -197,7 +208,7 @@ def train(cfg: ExperimentConfig, resume: Optional[Path] = None, on_event: Option
     trains = cfg.train.max_steps != 0
 
     # Everything that can fail on bad input happens before the run directory exists.
-    train_data = _split(cfg, task, cfg.data.train_split, cfg.data.max_train_examples) if trains else None
+    train_data = _split(cfg, task, cfg.data.train_split, cfg.data.max_train_examples, training=True) if trains else None
     eval_data = _split(cfg, task, cfg.data.eval_split, cfg.data.max_eval_examples)
     model_path = resolve_model(cfg.model.name)
     if cfg.model.trim_vocab:
@@ -205,9 +216,9 @@ def train(cfg: ExperimentConfig, resume: Optional[Path] = None, on_event: Option
     tokenizer = load_tokenizer(model_path)
     seed_everything(cfg.train.seed)  # the new head's initial weights depend on the seed only
     model = build_head(task, load_encoder(model_path), cfg.head, cfg.model.dropout)
-    train_enc = encode_examples(train_data.examples, tokenizer, cfg.data.max_length, model.separate_pairs) if trains else None
-    eval_enc = encode_examples(eval_data.examples, tokenizer, cfg.data.max_length, model.separate_pairs)
-    if trains and model.needs_labels and unlabelled(train_enc):
+    train_enc = model.featurize(train_data.examples, tokenizer, cfg.data.max_length) if trains else None
+    eval_enc = model.featurize(eval_data.examples, tokenizer, cfg.data.max_length)
+    if trains and model.needs_labels and train_enc.unlabelled():
         raise ClueRunError(f"{train_data.source}: the training split has unlabelled rows")
     device = pick_device(cfg.train.device)
     amp = autocast_dtype(cfg.train.precision, device)
@@ -323,7 +334,7 @@ def evaluate(run_dir: Path, split: str = "dev", data_dir: Optional[str] = None, 
     run = load_run(run_dir, device)
     data = _split(run.cfg, run.task, split, data_dir=data_dir)
     enc = run.encode(data)
-    if unlabelled(enc):
+    if enc.unlabelled():
         raise ClueRunError(f"{data.source}: split {split!r} has unlabelled rows; use `clue-run predict` for it")
     logits, seconds = run.logits(enc)
     calibration = run.calibration(run.threshold_split(split))
@@ -334,16 +345,14 @@ def evaluate(run_dir: Path, split: str = "dev", data_dir: Optional[str] = None, 
 
 def predict(run_dir: Path, split: str = "test", data_dir: Optional[str] = None, clue_version: str = "1.1",
             out: Optional[Path] = None, device: str = "auto") -> Path:
-    """Write predictions in the leaderboard format: one JSON line {"id", "label"} per row, in file order."""
+    """Write predictions in the task's leaderboard format, in the test file's order."""
     run = load_run(run_dir, device)
     name = predict_file_name(run.task, clue_version)  # refuses tasks without a submission format
     data = _split(run.cfg, run.task, split, on_bad_row="error", data_dir=data_dir)  # a submission never skips rows
-    logits, _ = run.logits(run.encode(data))
-    preds = run.model.predict(torch.from_numpy(logits))
+    enc = run.encode(data)
+    preds = run.model.predict(torch.from_numpy(run.logits(enc)[0]), enc)
     path = Path(out) if out else Path(run_dir) / PREDICTIONS_DIR / name
-    lines = [json.dumps({"id": ex.id, "label": run.task.label.values[p]}, ensure_ascii=False)
-             for ex, p in zip(data.examples, preds)]
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    atomic_write_text(path, format_predictions(run.task, data.examples, preds))
     return path
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from .encoders import ENCODERS, RowError
+from .encoders import ENCODERS, RowContext, RowError
 from .errors import DataError
 from .formats import read_rows
 from .tasks import TaskSpec
@@ -27,7 +27,10 @@ class Example:
     id: Any  # as in the file (test ids go back into the submission unchanged)
     text_a: str
     text_b: Optional[str]
-    label: Optional[int | float]  # index into task.label.values, or a score; None for unlabelled splits
+    # index into task.label.values, or a score; for structured tasks what the encoder gives (choice
+    # index, answer texts, entity spans); None for unlabelled splits
+    label: Any
+    extra: dict = field(default_factory=dict)  # structure from the encoder; "row": the row it came from
 
 
 @dataclass
@@ -90,6 +93,15 @@ def read_json_lines(path: Path) -> Iterator[tuple[int, dict]]:
             yield line_no, row
 
 
+def _answer_file(path: Path) -> dict:
+    from .formats import read_json_document
+
+    answers = read_json_document(path)
+    if not isinstance(answers, dict):
+        raise DataError(f"{path}: expected a JSON object {{blank id: answer}}")
+    return answers
+
+
 def _hub_rows(task: TaskSpec, split: str) -> Iterator[tuple[int, dict]]:
     import datasets  # imported here: only hub users pay for it
 
@@ -140,45 +152,57 @@ def load_split(
     on_bad_row: str = "error",
     source: str = "local",
     limit: Optional[int] = None,
+    training: bool = False,
 ) -> SplitData:
+    """Examples of one split. `training`: the split trains a model, so targets that only training
+    needs (answer spans) are checked too."""
     inputs = task.inputs
+    answers = None
     if source == "hub":
         if task.data.hub is None:
             raise DataError(f"task {task.name!r} names no datasets hub path (data.hub in its YAML)")
-        origin = f"hub:{task.data.hub.path}/{task.data.hub.name or ''}[{split}]"
-        rows = _hub_rows(task, split)
+        origins = [f"hub:{task.data.hub.path}/{task.data.hub.name or ''}[{split}]"]
+        rows = ((origins[0], where, row) for where, row in _hub_rows(task, split))
     else:
         layout = task.split_layout(split, variant)
-        path = find_file(resolve_data_dir(data_dir) / task.data.dir, layout.file)
-        origin = str(path)
+        directory = resolve_data_dir(data_dir) / task.data.dir
+        paths = [find_file(directory, name) for name in ([layout.file] if isinstance(layout.file, str) else layout.file)]
+        origins = [str(p) for p in paths]
         columns = layout.columns or ([task.inputs.text_a] if layout.format == "lines" else None)
-        rows = read_rows(path, layout.format, columns, layout.header)
+        rows = ((str(p), where, row) for p in paths for where, row in read_rows(p, layout.format, columns, layout.header))
         if layout.unpaired:
             inputs = inputs.model_copy(update={"text_b": None})
+        if layout.answers:
+            answers = _answer_file(find_file(directory, layout.answers))
 
     encode = ENCODERS.get(inputs.encoder)
-    parse_label = _label_parser(task)
-    data = SplitData(task=task.name, split=split, source=origin, examples=[])
-    for line_no, row in rows:
+    parse_label = _label_parser(task) if task.label.kind != "structured" else None
+    ctx = RowContext(training=training, answers=answers, labels=tuple(task.label.values))
+    data = SplitData(task=task.name, split=split, source=" + ".join(origins), examples=[])
+    for row_no, (origin, where, row) in enumerate(rows):
         try:
-            text_a, text_b = encode(row, inputs)
-            label = None
-            raw_label = row.get(task.label.field)
-            if raw_label is not None:
-                raw_label = str(raw_label)  # FewCLUE writes some label codes as ints
-                if raw_label in task.label.drop:
-                    data.dropped[raw_label] += 1
-                    continue
-                label = parse_label(raw_label)
+            items = encode(row, inputs, ctx)
+            if parse_label is not None:  # one example per row, its label a plain field
+                raw_label = row.get(task.label.field)
+                if raw_label is not None:
+                    raw_label = str(raw_label)  # FewCLUE writes some label codes as ints
+                    if raw_label in task.label.drop:
+                        data.dropped[raw_label] += 1
+                        continue
+                    items[0].label = parse_label(raw_label)
         except RowError as err:
-            problem = f"{origin}:{line_no}: field {err.field!r}: {err}"
+            problem = f"{origin}:{where}: field {err.field!r}: {err}"
             if on_bad_row != "skip":
                 raise DataError(problem + " (set data.on_bad_row: skip to skip such rows)") from None
             data.skipped.append(problem)
             continue
-        data.examples.append(Example(row.get(task.id_field, line_no - 1), text_a, text_b, label))
+        for item in items:
+            default_id = row.get(task.id_field, where - 1 if isinstance(where, int) else where)
+            data.examples.append(Example(default_id if item.id is None else item.id, item.text_a, item.text_b,
+                                         item.label, {**item.extra, "row": row_no}))
         if limit is not None and len(data.examples) >= limit:
+            del data.examples[limit:]
             break
     if not data.examples:
-        raise DataError(f"{origin}: no usable examples")
+        raise DataError(f"{data.source}: no usable examples")
     return data

@@ -1,12 +1,14 @@
-"""Input encoders: turn one data row into the text(s) a head tokenizes.
+"""Input encoders: turn one data row into the item(s) a head tokenizes.
 
 Most tasks need only `text` (one or two fields; list-valued fields joined). Tasks whose
 input needs code get a named encoder here, with its settings as data in the task YAML.
+Encoders of structured tasks (reading comprehension, cloze, NER) live in `structured_inputs`.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
 
 from .registry import Registry
 
@@ -19,7 +21,25 @@ class RowError(ValueError):
         self.field = field
 
 
-Encoder = Callable[[dict, "InputSpec"], tuple[str, Optional[str]]]  # noqa: F821
+@dataclass
+class Item:
+    """What one example of a row holds. A row may give several (questions of a passage, blanks)."""
+
+    text_a: str
+    text_b: Optional[str] = None
+    label: Any = None  # set by encoders whose label is not a plain field (the index of the right choice)
+    id: Any = None  # None: the row's own id
+    extra: dict = field(default_factory=dict)  # structure a head needs: choices, answers, entity spans
+
+
+@dataclass
+class RowContext:
+    training: bool = False  # a training split: its targets must be locatable (answer spans)
+    answers: Optional[dict] = None  # a split's separate answer file (official CHID), keyed by blank id
+    labels: tuple = ()  # the task's label values (entity types of a NER task)
+
+
+Encoder = Callable[[dict, "InputSpec", RowContext], list[Item]]  # noqa: F821
 ENCODERS: Registry[Encoder] = Registry("input encoder")
 
 
@@ -37,14 +57,14 @@ def field_text(row: dict, field: str, join: str) -> str:
 
 
 @ENCODERS.register("text")
-def encode_text(row: dict, spec) -> tuple[str, Optional[str]]:
+def encode_text(row: dict, spec, ctx: RowContext) -> list[Item]:
     text_a = field_text(row, spec.text_a, spec.join)
     text_b = field_text(row, spec.text_b, spec.join) if spec.text_b else None
-    return text_a, text_b
+    return [Item(text_a, text_b)]
 
 
 @ENCODERS.register("wsc_spans")
-def encode_wsc_spans(row: dict, spec) -> tuple[str, Optional[str]]:
+def encode_wsc_spans(row: dict, spec, ctx: RowContext) -> list[Item]:
     """CLUEWSC: mark the candidate (span1) and the pronoun (span2) inside the text.
 
     Markers come from the task YAML (`inputs.options.markers`), default `_…_` and `[…]`
@@ -70,4 +90,8 @@ def encode_wsc_spans(row: dict, spec) -> tuple[str, Optional[str]]:
     # Insert from the right so earlier offsets stay valid.
     for start, end, left, right in sorted(spans, reverse=True):
         text = text[:start] + left + text[start:end] + right + text[end:]
-    return text, None
+    return [Item(text)]
+
+
+# The structured tasks' encoders (reading comprehension, multiple choice, cloze, NER) register themselves.
+from . import structured_inputs  # noqa: E402, F401

@@ -1,13 +1,15 @@
-"""Delimited-text readers (TSV, CSV, one sentence per line), plain or .gz, for the sentence-matching sets.
+"""Readers of the non-JSON-lines layouts, plain or .gz: delimited text (TSV, CSV, one sentence
+per line) for the sentence-matching sets, and whole JSON documents (SQuAD-style CMRC2018, C3).
 
-Every reader yields (line number in the file, row dict), like `data.read_json_lines`, so errors
-can name `path:line`.
+Every reader yields (location, row dict), like `data.read_json_lines`, so errors can name
+`path:location`: the line number in a text file, the path inside a JSON document.
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
+import json
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -16,7 +18,7 @@ from .registry import did_you_mean
 
 BOM = "\ufeff"
 
-Rows = Iterator[tuple[int, dict]]
+Rows = Iterator[tuple[int | str, dict]]
 
 
 def _open_text(path: Path):
@@ -69,11 +71,48 @@ def _jsonl(path: Path, columns, header) -> Rows:
     return read_json_lines(path)
 
 
+def read_json_document(path: Path):
+    with _open_text(path) as fh:
+        try:
+            return json.load(fh)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
+
+
+def read_squad(path: Path) -> Rows:
+    """SQuAD layout ({"data": [{"title", "paragraphs": [{"context", "qas"}]}]}): one row per paragraph."""
+    doc = read_json_document(path)
+    articles = doc.get("data") if isinstance(doc, dict) else None
+    if not isinstance(articles, list):
+        raise DataError(f"{path}: expected a SQuAD-style object with a \"data\" list")
+    for i, article in enumerate(articles):
+        paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
+        if not isinstance(paragraphs, list):
+            raise DataError(f"{path}:data[{i}]: expected an object with a \"paragraphs\" list")
+        for j, paragraph in enumerate(paragraphs):
+            if not isinstance(paragraph, dict):
+                raise DataError(f"{path}:data[{i}].paragraphs[{j}]: expected an object")
+            yield f"data[{i}].paragraphs[{j}]", {**paragraph, "title": article.get("title")}
+
+
+def read_c3(path: Path) -> Rows:
+    """C3 layout ([[document lines, questions, document id], ...]): one row per document."""
+    doc = read_json_document(path)
+    if not isinstance(doc, list):
+        raise DataError(f"{path}: expected a JSON list of [document lines, questions, id]")
+    for i, entry in enumerate(doc):
+        if not (isinstance(entry, list) and len(entry) == 3):
+            raise DataError(f"{path}:[{i}]: expected [document lines, questions, id]")
+        yield f"[{i}]", {"document": entry[0], "questions": entry[1], "id": entry[2]}
+
+
 READERS: dict[str, Callable[[Path, Optional[list[str]], bool], Rows]] = {
     "jsonl": _jsonl,
     "tsv": lambda path, columns, header: read_delimited(path, "\t", columns, header),
     "csv": lambda path, columns, header: read_delimited(path, ",", columns, header),
     "lines": lambda path, columns, header: read_lines(path, columns[0] if columns else "text"),
+    "squad": lambda path, columns, header: read_squad(path),
+    "c3": lambda path, columns, header: read_c3(path),
 }
 
 

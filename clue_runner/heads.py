@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from .errors import ConfigError
+from .features import Encoded, encode_examples
 from .registry import Registry
 
 HEADS: Registry[type["Head"]] = Registry("head")
@@ -29,6 +30,7 @@ class Head(nn.Module):
     Params = Params
     separate_pairs = False  # bi-encoders tokenize the two texts of a pair on their own
     needs_labels = True  # False for self-supervised objectives (SimCSE)
+    graphable = True  # batches fit the CUDA-graph fast path's static shapes (one sequence per item)
 
     def __init__(self, encoder: nn.Module, task, params: Params, dropout: float):
         super().__init__()
@@ -43,6 +45,10 @@ class Head(nn.Module):
     def new_parameters(self) -> list:
         """Parameters that start untrained (they may get their own learning rate)."""
         return []
+
+    def featurize(self, examples, tokenizer, max_length: int, use_cache: bool = True) -> Encoded:
+        """Examples → tokenized items (one per example here; windows or choices in other heads)."""
+        return encode_examples(examples, tokenizer, max_length, self.separate_pairs, use_cache)
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -74,7 +80,7 @@ class ClsHead(Head):
             return _masked_mean((logits[:, 0].float() - labels.nan_to_num()) ** 2, valid)
         return F.cross_entropy(logits.float(), labels)  # -100 rows are ignored
 
-    def predict(self, logits: torch.Tensor) -> np.ndarray:
+    def predict(self, logits: torch.Tensor, enc: Optional[Encoded] = None) -> np.ndarray:
         """Class ids, or scores for tasks scored by ranking (regression value, or P(label 1))."""
         if self.regression:
             return logits[:, 0].float().numpy()
@@ -162,7 +168,7 @@ class EmbeddingHead(Head):
     def _top_label(self) -> float:
         return float(self.task.label.range[1]) if self.task.label.kind == "score" else 1.0
 
-    def predict(self, outputs: torch.Tensor) -> np.ndarray:
+    def predict(self, outputs: torch.Tensor, enc: Optional[Encoded] = None) -> np.ndarray:
         from .similarity import apply_whitening, cosine_scores, fit_whitening
 
         u, v = (x.numpy() for x in outputs.float().chunk(2, dim=-1))
@@ -186,7 +192,13 @@ def head_params(name: str, options: dict, where: str = "head") -> Params:
 
 
 def build_head(task, encoder: nn.Module, head_cfg=None, dropout: float = 0.1) -> Head:
-    """The head named in the config (else the task's), with its options validated."""
+    """The head named in the config (else the task's), with its options validated: the config's
+    options over the task's defaults for its own head."""
     name = (head_cfg.name if head_cfg is not None and head_cfg.name else None) or task.head
-    options = {k: v for k, v in (head_cfg.model_dump() if head_cfg is not None else {}).items() if k != "name"}
+    options = dict(task.head_options) if name == task.head else {}
+    options.update({k: v for k, v in (head_cfg.model_dump() if head_cfg is not None else {}).items() if k != "name"})
     return HEADS.get(name)(encoder, task, head_params(name, options), dropout)
+
+
+# The structured-task heads register themselves here.
+from . import heads_structured  # noqa: E402, F401

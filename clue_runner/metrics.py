@@ -37,7 +37,8 @@ def binary_f1(gold: np.ndarray, pred: np.ndarray, num_labels: int) -> float:
 def compute_metrics(names: Sequence[str], gold, pred, num_labels: int, calibration=None) -> dict[str, float]:
     """Metrics by name. `calibration` = (gold, pred) of a validation split for metrics that fit
     something first (a decision threshold); without it they fit on the scored split itself."""
-    gold, pred = np.asarray(gold), np.asarray(pred)
+    if not isinstance(gold, list):  # lists hold structured gold (answer texts, entity sets) as they are
+        gold, pred = np.asarray(gold), np.asarray(pred)
     calibration = calibration or (gold, pred)
     out = {}
     for name in names:
@@ -46,8 +47,21 @@ def compute_metrics(names: Sequence[str], gold, pred, num_labels: int, calibrati
     return out
 
 
-# Similarity metrics (spearman, pearson) register themselves there.
-from . import similarity  # noqa: E402
+def _entity(key: str):
+    def metric(gold: list, pred: list, num_labels: int) -> float:
+        from .global_pointer import entity_prf
+
+        return entity_prf([set(g) for g in gold], [set(p) for p in pred])[key]
+
+    return metric
+
+
+# Entity-level micro scores on exact (type, first char, last char) matches (CLUENER).
+for _key in ("precision", "recall", "f1"):
+    METRICS.register(f"entity_{_key}")(_entity(_key))
+
+# Similarity metrics (spearman, pearson) and the CMRC2018 EM/F1 register themselves there.
+from . import cmrc_eval, similarity  # noqa: E402, F401
 
 
 def _at_searched_threshold(key: str):

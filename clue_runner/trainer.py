@@ -45,10 +45,12 @@ def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype
     return None  # fp32 on CPU: bf16 autocast there is slow and not what users compare against
 
 
-def fast_path_blocker(cfg, methods, device: torch.device) -> Optional[str]:
+def fast_path_blocker(cfg, methods, device: torch.device, model=None) -> Optional[str]:
     """Why the CUDA-graph fast path cannot run (None when it can)."""
     if not cfg.cuda_graphs:
         return "train.cuda_graphs is off"
+    if not getattr(model, "graphable", True):
+        return f"the {type(model).__name__} batches have no static-shape form"
     if device.type != "cuda":
         return "no CUDA device"
     if cfg.grad_accum != 1:
@@ -101,7 +103,7 @@ class Trainer:
         seed_everything(cfg.seed)
         for m in methods:
             m.setup(model)
-        self.fast_path = fast_path_blocker(cfg, methods, device) is None
+        self.fast_path = fast_path_blocker(cfg, methods, device, model) is None
         self.optimizer = self._optimizer()
         self.scheduler = get_linear_schedule_with_warmup(
             self.optimizer, int(cfg.warmup * self.total_steps), self.total_steps

@@ -29,22 +29,23 @@ class HubSource(_Strict):
     splits: dict[str, str] = {}  # our split name -> hub split name (default: same)
 
 
-Format = Literal["jsonl", "tsv", "csv", "lines"]
+Format = Literal["jsonl", "tsv", "csv", "lines", "squad", "c3"]
 
 
 class SplitFile(_Strict):
     """A split whose file differs in layout from the task's default (e.g. unlabelled SimCSE text)."""
 
-    file: str
+    file: Union[str, list[str]]  # several files are read one after the other (C3's d + m parts)
     format: Optional[Format] = None
     columns: Optional[list[str]] = None  # for `lines`: the field name of the one text (default: inputs.text_a)
     header: Optional[bool] = None
     unpaired: bool = False  # rows hold only the first text (unlabelled SimCSE sentences of a pair task)
+    answers: Optional[str] = None  # a separate answer file (official CHID: {blank id: candidate index})
 
 
 class DataSpec(_Strict):
     dir: str  # relative to the data directory
-    splits: dict[str, Union[str, SplitFile]]  # split -> file name (may contain {variant}), relative to dir
+    splits: dict[str, Union[str, list[str], SplitFile]]  # split -> file name(s) (may contain {variant}), relative to dir
     format: Format = "jsonl"  # JSON lines (CLUE), tab- or comma-separated text, or one text per line
     columns: Optional[list[str]] = None  # field names of delimited files without a header row
     header: bool = False  # delimited files: the first row names the fields
@@ -63,8 +64,10 @@ class InputSpec(_Strict):
 
 class LabelSpec(_Strict):
     field: str = "label"
-    kind: Literal["categorical", "score"] = "categorical"  # score: a number, e.g. STS-B similarity 0–5
-    values: list[str] = []  # categorical: label strings exactly as in the data and the submission
+    # score: a number, e.g. STS-B similarity 0–5; structured: the input encoder gives the gold
+    # (the right choice's index, answer texts, entity spans)
+    kind: Literal["categorical", "score", "structured"] = "categorical"
+    values: list[str] = []  # categorical: label strings exactly as in the data and the submission; NER: entity types
     range: Optional[tuple[float, float]] = None  # score: allowed [low, high]
     names: dict[str, str] = {}  # optional human-readable names per value
     drop: list[str] = []  # rows with these labels are not examples (OCNLI "-"); counted
@@ -83,7 +86,9 @@ class LabelSpec(_Strict):
 class SubmissionSpec(_Strict):
     file: str  # CLUE 1.1 / FewCLUE file name
     file_v10: Optional[str] = None  # CLUE 1.0 name where it differs
-    format: Literal["jsonl_label"] = "jsonl_label"
+    # jsonl_label: {"id", "label": label string} per line; jsonl_index: label = the choice's index;
+    # json_object: one object {test id: answer text or candidate index}; jsonl_entities: CLUENER lines
+    format: Literal["jsonl_label", "jsonl_index", "json_object", "jsonl_entities"] = "jsonl_label"
 
 
 class TaskSpec(_Strict):
@@ -96,6 +101,7 @@ class TaskSpec(_Strict):
     label: LabelSpec
     id_field: str = "id"
     head: str = "cls"
+    head_options: dict[str, Any] = {}  # defaults for the head's own options (a config's head: section wins)
     prediction: Literal["class", "score"] = "class"  # score: metrics rank a similarity score (STS)
     metrics: list[str] = Field(min_length=1)
     main_metric: str
@@ -141,14 +147,19 @@ class TaskSpec(_Strict):
                 f" (splits: {', '.join(self.data.splits)})"
             )
         entry = self.data.splits[split]
-        entry = SplitFile(file=entry) if isinstance(entry, str) else entry
+        entry = entry if isinstance(entry, SplitFile) else SplitFile(file=entry)
         return SplitFile(
-            file=entry.file.format(variant=self.resolve_variant(variant)),
+            file=_with_variant(entry.file, self.resolve_variant(variant)),
             format=entry.format or self.data.format,
             columns=entry.columns if entry.columns is not None else self.data.columns,
             header=entry.header if entry.header is not None else self.data.header,
             unpaired=entry.unpaired,
+            answers=entry.answers.format(variant=self.resolve_variant(variant)) if entry.answers else None,
         )
+
+
+def _with_variant(file, variant):
+    return file.format(variant=variant) if isinstance(file, str) else [f.format(variant=variant) for f in file]
 
 
 def _builtin_dir():
