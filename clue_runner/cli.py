@@ -181,7 +181,8 @@ def tasks_list():
         table.add_column(col)
     for name in builtin_task_names():
         t = get_task(name)
-        table.add_row(name, t.benchmark, t.head, str(len(t.label.values)), t.main_metric, t.description)
+        labels = str(len(t.label.values)) if t.label.values else t.label.kind  # score, or structured gold
+        table.add_row(name, t.benchmark, t.head, labels, t.main_metric, t.description)
     out.print(table)
 
 

@@ -112,8 +112,8 @@ def register(app, friendly_errors, out) -> None:
 
         entries = pack_submission(run, output, clue_version, fewclue_split, data_dir)
         table = Table(title=f"{output} · {len(entries)} file(s), all checks passed")
-        for col in ("file", "task", "lines", "run"):
-            table.add_column(col, justify="right" if col == "lines" else "left")
+        for col in ("file", "task", "predictions", "run"):
+            table.add_column(col, justify="right" if col == "predictions" else "left")
         for e in entries:
-            table.add_row(e.name, e.task.name, str(e.lines), str(e.run_dir))
+            table.add_row(e.name, e.task.name, str(e.predictions), str(e.run_dir))
         out.print(table)

@@ -236,8 +236,12 @@ class Entry:
     data_dir: Optional[str]  # the run's data directory, to find the test file
 
     @property
-    def lines(self) -> int:
-        return len(self.source.read_text(encoding="utf-8").splitlines())
+    def predictions(self) -> int:
+        """Predictions in the file: lines, or the keys of a single JSON object."""
+        text = self.source.read_text(encoding="utf-8")
+        if self.task.submission.format == "json_object":
+            return len(json.loads(text))
+        return len(text.splitlines())
 
 
 def _entry(run_dir: Path, clue_version: str, fewclue_split: Optional[str]) -> tuple[Optional[Entry], list[str]]:

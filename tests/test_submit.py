@@ -218,3 +218,48 @@ def test_submit_without_predictions_says_what_to_run(runs, tmp_path):
         pack_submission([run], tmp_path / "x.zip")
     with pytest.raises(ClueRunError, match="--clue-version '2.0'"):
         pack_submission([runs["afqmc"]], tmp_path / "x.zip", clue_version="2.0")
+
+
+# -- reading comprehension, cloze and NER layouts --------------------------------------------
+
+
+def test_chid_object_needs_every_blank_and_candidate_indices(data_root, tmp_path):
+    task = get_task("fewclue_chid")
+    rows = read_test_rows(task, data_root)
+    good = [{"id": r["id"], "label": 0} for r in rows]
+    assert check(task, write_jsonl(tmp_path / "chidf_predict.json", good), data_root) == []
+    good[3]["label"] = 7  # 7 candidates: indices 0–6
+    good[4]["label"] = "0"
+    problems = check(task, write_jsonl(tmp_path / "chidf_predict.json", good), data_root)
+    assert [p.split(": ", 2)[1] for p in problems] == ["line 4", "line 5"]
+    assert all("is not a choice index (0–6)" in p for p in problems)
+
+
+def test_cmrc_object_keys_must_be_the_test_question_ids(tmp_path):
+    task = get_task("cmrc2018")
+    doc = {"data": [{"title": "t", "paragraphs": [{"id": "P", "context": "北京是首都。", "qas": [
+        {"id": "Q0", "question": "首都？"}, {"id": "Q1", "question": "是什么？"}]}]}]}
+    folder = tmp_path / "data" / "clue" / "cmrc2018_public"
+    folder.mkdir(parents=True)
+    (folder / "cmrc2018_test.json").write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+    path = tmp_path / "cmrc2018_predict.json"
+    path.write_text(json.dumps({"Q0": "北京", "Q1": "首都"}, ensure_ascii=False), encoding="utf-8")
+    assert check(task, path, tmp_path / "data") == []
+    path.write_text(json.dumps({"Q0": 3, "Q9": "x"}), encoding="utf-8")
+    problems = check(task, path, tmp_path / "data")
+    assert any("1 test ids" in p and "'Q1'" in p for p in problems)
+    assert any("1 ids are not in the test file (first: 'Q9')" in p for p in problems)
+    assert any("Q0: answer 3 is not text" in p for p in problems)
+
+
+def test_cluener_entities_must_match_the_test_text(data_root, tmp_path):
+    task = get_task("cluener")
+    rows = read_test_rows(task, data_root)
+    lines = [{"id": r["id"], "text": r["text"], "label": {}} for r in rows]
+    lines[0]["label"] = {"address": {rows[0]["text"][0:2]: [[0, 1]]}}
+    assert check(task, write_jsonl(tmp_path / "cluener_predict.json", lines), data_root) == []
+    lines[1]["label"] = {"address": {"不在这里": [[0, 3]]}}
+    lines[2]["label"] = {"person": {rows[2]["text"][0:2]: [[0, 1]]}}
+    problems = check(task, write_jsonl(tmp_path / "cluener_predict.json", lines), data_root)
+    assert "line 2: address: '不在这里' at [0, 3] does not match the test text" in problems[0]
+    assert "line 3: unknown entity type 'person'" in problems[1]
