@@ -66,9 +66,7 @@ def predict_logits(model, enc: Encoded, batch_size: int, pad_id: int, device, am
             host.pop("labels")
             parts.append(graphed(host)[:real].clone())  # the graph's output buffer is reused
         else:
-            host = collate(enc, idx, pad_id)
-            host.pop("labels")
-            batch = to_device(host, device)
+            batch = to_device(collate(enc, idx, pad_id, targets=False), device)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 parts.append(model(**batch).float())
         order.append(idx)

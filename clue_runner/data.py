@@ -16,7 +16,7 @@ from typing import Any, Iterator, Optional
 
 from .encoders import ENCODERS, RowContext, RowError
 from .errors import DataError
-from .formats import read_rows
+from .formats import read_json_document, read_rows
 from .tasks import TaskSpec
 
 DATA_DIR_ENV = "CLUE_DATA_DIR"
@@ -94,8 +94,6 @@ def read_json_lines(path: Path) -> Iterator[tuple[int, dict]]:
 
 
 def _answer_file(path: Path) -> dict:
-    from .formats import read_json_document
-
     answers = read_json_document(path)
     if not isinstance(answers, dict):
         raise DataError(f"{path}: expected a JSON object {{blank id: answer}}")

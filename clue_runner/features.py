@@ -179,8 +179,10 @@ def encode_examples(examples: Sequence[Example], tokenizer, max_length: int, sep
     return Encoded(segments, labels)
 
 
-def collate(enc: Encoded, indices: Sequence[int], pad_id: int, pad_multiple: int = 1) -> dict[str, torch.Tensor]:
-    """Pad each segment of the chosen items to its longest (rounded up to pad_multiple).
+def collate(enc: Encoded, indices: Sequence[int], pad_id: int, pad_multiple: int = 1,
+            targets: bool = True) -> dict[str, torch.Tensor]:
+    """Pad each segment of the chosen items to its longest (rounded up to pad_multiple); with
+    `targets`, also the labels (and NER span grids) that only a loss reads.
 
     `row_valid` marks real items: the fast path appends filler rows, which losses must ignore.
     """
@@ -203,10 +205,11 @@ def collate(enc: Encoded, indices: Sequence[int], pad_id: int, pad_multiple: int
         batch[f"{prefix}attention_mask"] = torch.from_numpy(mask)
         if types is not None:
             batch[f"{prefix}token_type_ids"] = torch.from_numpy(types)
-    batch["labels"] = torch.from_numpy(enc.labels[indices])
     for key, values in enc.item_arrays.items():
         batch[key] = torch.from_numpy(values[indices])
-    if enc.spans is not None:
+    if targets:
+        batch["labels"] = torch.from_numpy(enc.labels[indices])
+    if targets and enc.spans is not None:
         batch["span_labels"] = _dense_spans(enc.spans, indices, batch["input_ids"].shape[1])
     batch["row_valid"] = torch.ones(len(indices), dtype=torch.bool)
     return batch

@@ -259,8 +259,8 @@ class GlobalPointerHead(Head):
             first, last = _char_to_token(z["token_char"][segment.offsets[i] : segment.offsets[i + 1]], len(ex.text_a))
             targets.append([(index[kind], first[s], last[e]) for kind, s, e in ex.label or ()
                             if first[s] >= 0 and last[e] >= 0])  # cut off by max_length: unreachable
-        rows = np.array([span for t in targets for span in t], dtype=np.int64).reshape(-1, 3)
-        spans = SpanTargets(rows, _span_offsets(targets), len(self.types))
+        rows, offsets = pack([np.asarray(t, dtype=np.int64).reshape(-1, 3) for t in targets], np.int64)
+        spans = SpanTargets(rows.reshape(-1, 3), offsets, len(self.types))
         gold = [None if ex.label is None else set(ex.label) for ex in examples]
         return Encoded({"": segment}, np.zeros(len(examples), dtype=np.int64), spans=spans, gold=gold,
                        meta={"token_char": z["token_char"]})
@@ -289,12 +289,6 @@ class GlobalPointerHead(Head):
 
     def new_parameters(self):
         return list(self.pointer.parameters())
-
-
-def _span_offsets(targets: list[list]) -> np.ndarray:
-    offsets = np.zeros(len(targets) + 1, dtype=np.int64)
-    np.cumsum([len(t) for t in targets], out=offsets[1:])
-    return offsets
 
 
 def _char_to_token(token_char: np.ndarray, n_chars: int) -> tuple[np.ndarray, np.ndarray]:
