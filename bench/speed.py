@@ -30,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clue_runner import api  # noqa: E402
 from clue_runner.config import build_config  # noqa: E402
-from clue_runner.data import load_split  # noqa: E402
+from clue_runner.data.splits import load_split  # noqa: E402
 from clue_runner.features import encode_examples  # noqa: E402
-from clue_runner.heads import build_head  # noqa: E402
-from clue_runner.models import load_encoder, load_tokenizer  # noqa: E402
+from clue_runner.engine.build import model_for  # noqa: E402
+from clue_runner.models import load_tokenizer  # noqa: E402
 from clue_runner.tasks import get_task  # noqa: E402
 
 H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s, for MFU
@@ -65,7 +65,7 @@ def run_trainer(model_dir, train_enc, eval_enc, tok, hp, seed, max_steps=None):
                 for i in range(len(enc))]
 
     set_seed(seed)
-    model = TrainerModel(build_head(get_task("afqmc"), load_encoder(model_dir), dropout=0.1))
+    model = TrainerModel(model_for(get_task("afqmc"), model_dir, dropout=0.1))
     total = max_steps or -(-len(train_enc) // hp["batch_size"]) * hp["epochs"]
     args = TrainingArguments(
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=hp["batch_size"],

@@ -25,6 +25,8 @@ class ModelConfig(Strict):
     # Cut the vocabulary to the task's texts first (Unigram tokenizers only; cached). Same hidden
     # states on the task, far fewer parameters to update: the embedded model is ~80% embeddings.
     trim_vocab: bool = False
+    # Train even where the checkpoint lacks encoder weights (they start random); off: refused with one line.
+    allow_random_init: bool = False
 
 
 class DataConfig(Strict):
@@ -114,8 +116,9 @@ class ExperimentConfig(Strict):
         return methods
 
     @model_validator(mode="after")
-    def _variant_and_head_resolve(self):
-        from .heads import head_params
+    def _variant_head_and_methods_resolve(self):
+        from .heads import resolve_head
+        from .methods import build_methods, check_methods
         from .tasks import get_task
 
         task = get_task(self.task)
@@ -123,20 +126,23 @@ class ExperimentConfig(Strict):
             task.resolve_variant(self.data.variant)
         except ConfigError as err:
             raise ValueError(f"data.variant: {err}") from None
-        options = {k: v for k, v in self.head.model_dump().items() if k != "name"}
         try:
-            head_params(self.head.name or task.head, options)
+            head_cls, params = resolve_head(task, self.head)
+            check_methods(build_methods(self.methods), head_cls, task, params)
         except ConfigError as err:
             raise ValueError(str(err)) from None
         return self
 
     def method_label(self) -> str:
-        """How reports name the method: training kind, head options that change it, methods."""
+        """How reports name the method: training kind, head options that change it, methods with their
+        non-default parameters (LoRA r=8 and r=16 are two rows)."""
+        from .methods import build_methods
+
         head = self.head.model_dump(exclude_none=True)
         parts = ["finetune" if self.train.max_steps != 0 else "no-training"]
         if head:
             parts.append("/".join(f"{v}" if k == "name" else f"{k}={v}" for k, v in head.items()))
-        return "+".join([*parts, *[m.name for m in self.methods]])
+        return "+".join([*parts, *[m.label() for m in build_methods(self.methods)]])
 
 
 def _set_path(tree: dict, dotted: str, value: Any) -> None:

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .data import Example, load_split
+from .data.splits import Example, load_split
 from .errors import ClueRunError
-from .results import read_result
+from .runs.result import read_result
 from .tasks import TaskSpec, get_task
 
 CLUE_VERSIONS = ("1.1", "1.0")

@@ -50,12 +50,14 @@ def tiny_model(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("tiny-bert")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *_fixture_chars()]
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True, tokenize_chinese_chars=True)
+    # `vocab=`, not `vocab_file=`: transformers 5 ignores the latter and builds a 5-token vocabulary.
+    tokenizer = BertTokenizerFast(vocab=str(directory / "vocab.txt"), do_lower_case=True, tokenize_chinese_chars=True)
+    assert len(tokenizer) == len(vocab)
     tokenizer.save_pretrained(directory)
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=512)
-    BertModel(config, add_pooling_layer=False).save_pretrained(directory)
+    BertModel(config).save_pretrained(directory)  # with a pooler, as real BERT checkpoints have
     return directory
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from clue_runner.cmrc_eval import cmrc_scores, em_score, f1_score
+from clue_runner.metrics.cmrc import cmrc_scores, em_score, f1_score
 from clue_runner.metrics import METRICS, compute_metrics
 
 

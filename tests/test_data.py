@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from clue_runner.data import load_split, resolve_data_dir
+from clue_runner.data.readers import resolve_data_dir
+from clue_runner.data.splits import load_split
 from clue_runner.errors import DataError
 from clue_runner.tasks import get_task
 

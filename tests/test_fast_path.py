@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from clue_runner.api import predict_logits
-from clue_runner.cuda_graphs import IGNORE, WIDTH_STEP, StaticBatcher
-from clue_runner.data import load_split
+from clue_runner.engine.evaluate import predict_logits
+from clue_runner.engine.cuda_graphs import IGNORE, WIDTH_STEP, StaticBatcher
+from clue_runner.data.splits import load_split
 from clue_runner.features import collate, encode_examples, eval_batches
-from clue_runner.heads import build_head
-from clue_runner.models import load_encoder, load_tokenizer
+from clue_runner.engine.build import model_for
+from clue_runner.models import load_tokenizer
 from clue_runner.tasks import get_task
-from clue_runner.trainer import fast_path_blocker
+from clue_runner.engine.trainer import fast_path_blocker
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def setup(tiny_model, data_dir):
     data = load_split(get_task("fewclue_bustm"), "dev", str(data_dir), limit=45)
     enc = encode_examples(data.examples, tok, 64)
     torch.manual_seed(0)
-    model = build_head(get_task("fewclue_bustm"), load_encoder(str(tiny_model)), dropout=0.0).eval()
+    model = model_for(get_task("fewclue_bustm"), str(tiny_model), dropout=0.0).eval()
     return tok, enc, model
 
 
@@ -76,6 +76,11 @@ def test_fast_path_falls_back_when_it_must():
     assert fast_path_blocker(cfg.train, [], cuda) is None
     assert fast_path_blocker(cfg.train, [], cpu) == "no CUDA device"
     fgm = build_methods(build_config({"task": "afqmc", "methods": [{"name": "fgm"}]}).methods)
-    assert fast_path_blocker(cfg.train, fgm, cuda) == "methods hook into the step"
+    assert fast_path_blocker(cfg.train, fgm, cuda) == "fgm hooks into the step"
+    # LoRA only changes the model: a LoRA run keeps the CUDA-graph step, LoRA + FGM does not.
+    lora = build_methods(build_config({"task": "afqmc", "methods": [{"name": "lora"}]}).methods)
+    assert fast_path_blocker(cfg.train, lora, cuda) is None
+    both = build_methods(build_config({"task": "afqmc", "methods": [{"name": "lora"}, {"name": "fgm"}]}).methods)
+    assert fast_path_blocker(cfg.train, both, cuda) == "fgm hooks into the step"
     assert fast_path_blocker(build_config({"task": "afqmc"}, ["train.grad_accum=2"]).train, [], cuda) == "gradient accumulation"
     assert fast_path_blocker(build_config({"task": "afqmc"}, ["train.cuda_graphs=false"]).train, [], cuda) == "train.cuda_graphs is off"

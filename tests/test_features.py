@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from clue_runner.data import Example
+from clue_runner.data.splits import Example
 from clue_runner.features import collate, encode_examples, eval_batches, train_batches
 from clue_runner.models import load_tokenizer
 
@@ -56,7 +56,7 @@ def test_collate_never_truncates_or_reorders(tiny_model):
 
 
 def test_tokenization_cache_is_reused_and_keyed(tiny_model, monkeypatch):
-    import clue_runner.features as features
+    import clue_runner.features.tokenize as features
 
     tok = load_tokenizer(str(tiny_model))
     examples = [Example(0, "花呗提额", "借呗额度", 1), Example(1, "你好", "再见", 0)]

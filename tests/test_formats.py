@@ -8,7 +8,7 @@ import re
 import pytest
 
 from clue_runner.errors import ConfigError, DataError
-from clue_runner.formats import read_delimited, read_lines, read_rows
+from clue_runner.data.readers import read_delimited, read_lines, read_rows
 
 PAIR = ["s1", "s2", "label"]
 

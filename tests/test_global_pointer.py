@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from clue_runner.global_pointer import (
+from clue_runner.metrics.entity import entity_prf
+from clue_runner.heads.layers.global_pointer import (
     MASK_VALUE,
     GlobalPointer,
     apply_rope,
     decode_spans,
-    entity_prf,
     global_pointer_loss,
     multilabel_categorical_crossentropy,
     rope_position_table,

@@ -10,13 +10,13 @@ from typer.testing import CliRunner
 from clue_runner import api
 from clue_runner.cli import app
 from clue_runner.config import build_config
-from clue_runner.cuda_graphs import StaticBatcher
-from clue_runner.data import load_split
+from clue_runner.engine.cuda_graphs import StaticBatcher
+from clue_runner.data.splits import load_split
 from clue_runner.features import collate, encode_examples, eval_batches
-from clue_runner.heads import build_head
+from clue_runner.engine.build import model_for
 from clue_runner.metrics import compute_metrics
-from clue_runner.models import load_encoder, load_tokenizer
-from clue_runner.similarity import apply_whitening, cosine_scores, fit_whitening
+from clue_runner.models import load_tokenizer
+from clue_runner.heads.layers.whitening import apply_whitening, cosine_scores, fit_whitening
 from clue_runner.tasks import get_task
 
 
@@ -40,7 +40,7 @@ def test_filler_rows_do_not_change_any_embedding_loss(loss, tiny_model, data_dir
     data = load_split(task, split, str(data_dir), limit=37)
     torch.manual_seed(0)
     cfg = build_config({"task": "stsb", "head": {"name": "embedding", "loss": loss}})
-    head = build_head(task, load_encoder(str(tiny_model)), cfg.head, dropout=0.0).train()
+    head = model_for(task, str(tiny_model), cfg.head, dropout=0.0).train()
     for module in head.modules():  # training mode (SimCSE's second view) but deterministic
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
@@ -58,7 +58,7 @@ def test_filler_rows_do_not_change_any_embedding_loss(loss, tiny_model, data_dir
 def test_whitening_is_applied_at_prediction(tiny_model):
     task = get_task("stsb")
     cfg = build_config({"task": "stsb", "head": {"name": "embedding", "whitening": True, "whitening_dim": 8}})
-    head = build_head(task, load_encoder(str(tiny_model)), cfg.head)
+    head = model_for(task, str(tiny_model), cfg.head)
     rng = np.random.default_rng(0)
     u, v = rng.normal(size=(50, 32)).astype(np.float32), rng.normal(size=(50, 32)).astype(np.float32)
     kernel, bias = fit_whitening(np.concatenate([u, v]), 8)
@@ -125,7 +125,7 @@ def test_encode_writes_vectors_in_input_order(tiny_model, data_dir, tmp_path):
 
 
 def test_threshold_is_searched_on_the_threshold_split_and_applied_unchanged(tiny_model, data_dir, tmp_path):
-    from clue_runner.similarity import best_threshold, threshold_scores
+    from clue_runner.metrics.similarity import best_threshold, threshold_scores
 
     rows = [json.loads(line) for line in
             __import__("gzip").open(data_dir / "clue/afqmc_public/dev.json.gz", "rt", encoding="utf-8").readlines()[:120]]

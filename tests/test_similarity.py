@@ -12,18 +12,9 @@ from scipy import stats
 from sklearn import metrics as skm
 
 from clue_runner.metrics import METRICS, compute_metrics
-from clue_runner.similarity import (
-    apply_whitening,
-    best_threshold,
-    cosent_loss,
-    cosine_scores,
-    fit_whitening,
-    in_batch_contrastive_loss,
-    pearson,
-    sbert_features,
-    spearman,
-    threshold_scores,
-)
+from clue_runner.heads.layers.losses import cosent_loss, in_batch_contrastive_loss, sbert_features
+from clue_runner.heads.layers.whitening import apply_whitening, cosine_scores, fit_whitening
+from clue_runner.metrics.similarity import best_threshold, pearson, spearman, threshold_scores
 
 
 def test_correlations_match_scipy_and_are_registered():

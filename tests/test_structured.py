@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from clue_runner.data import load_split
+from clue_runner.data.splits import load_split
 from clue_runner.errors import DataError
 from clue_runner.features import collate
-from clue_runner.heads import build_head
-from clue_runner.heads_structured import assign_candidates, best_span
+from clue_runner.engine.build import model_for
+from clue_runner.heads.choice import assign_candidates
+from clue_runner.heads.span import best_span
 from clue_runner.metrics import compute_metrics
-from clue_runner.models import load_encoder, load_tokenizer
+from clue_runner.models import load_tokenizer
 from clue_runner.tasks import get_task
 
 from conftest import write_jsonl
@@ -23,7 +24,7 @@ def _head(task_name, model_dir, **options):
     from clue_runner.config import HeadConfig
 
     task = get_task(task_name)
-    head = build_head(task, load_encoder(str(model_dir)), HeadConfig(**options) if options else None)
+    head = model_for(task, str(model_dir), HeadConfig(**options) if options else None)
     return task, head.eval(), load_tokenizer(str(model_dir))
 
 
@@ -90,7 +91,7 @@ def test_best_span_respects_order_length_and_context():
 def test_cmrc_windows_map_answers_back_to_the_exact_characters(model, data_dir, tiny_model, request):
     """A character tokenizer gives every answer back exactly; the embedded model's pieces can join
     an answer's last character with the next (「…」。), which the official EM forgives for punctuation."""
-    from clue_runner.cmrc_eval import em_score
+    from clue_runner.metrics.cmrc import em_score
 
     model_dir = tiny_model if model == "tiny" else request.getfixturevalue("e5_dir")
     task, head, tok = _head("cmrc2018", model_dir, stride=32)
@@ -187,7 +188,7 @@ def test_cluener_train_then_eval_agree_and_predictions_validate(data_dir, tiny_m
     """The run's recorded dev scores are what `clue-run eval` recomputes from the saved checkpoint."""
     from clue_runner import api
     from clue_runner.config import build_config
-    from clue_runner.results import read_result
+    from clue_runner.runs.result import read_result
 
     cfg = build_config({
         "task": "cluener", "model": {"name": str(tiny_model)},

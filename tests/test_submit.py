@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from clue_runner import api
 from clue_runner.cli import app
 from clue_runner.config import build_config
-from clue_runner.data import find_file, read_json_lines
+from clue_runner.data.readers import find_file, read_json_lines
 from clue_runner.errors import ClueRunError
 from clue_runner.submit import pack_submission, submission_name, validate_prediction_file
 from clue_runner.tasks import get_task

@@ -9,10 +9,11 @@ import torch
 
 from clue_runner import api
 from clue_runner.config import build_config
-from clue_runner.data import find_file, load_split, read_json_lines
+from clue_runner.data.readers import find_file, read_json_lines
+from clue_runner.data.splits import load_split
 from clue_runner.features import collate
-from clue_runner.heads import build_head
-from clue_runner.models import load_encoder, load_tokenizer
+from clue_runner.engine.build import model_for
+from clue_runner.models import load_tokenizer
 from clue_runner.submit import validate_prediction_file
 from clue_runner.tasks import builtin_task_names, get_task
 
@@ -97,7 +98,7 @@ def test_task_forward_backward_and_submission(name, contract_data, tiny_model, t
     assert all(ex.label is not None for ex in dev.examples)
 
     tokenizer = load_tokenizer(str(tiny_model))
-    head = build_head(task, load_encoder(str(tiny_model)))
+    head = model_for(task, str(tiny_model))
     length = 320 if task.head == "span" else 64  # windows of a long context overlap by 128 tokens
     enc = head.featurize(dev.examples, tokenizer, length)
     batch = collate(enc, list(range(len(enc))), tokenizer.pad_token_id)

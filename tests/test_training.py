@@ -99,11 +99,11 @@ def test_bad_data_leaves_nothing_behind(tiny_model, tmp_path):
 
 
 def test_fgm_restores_embeddings_exactly_and_changes_gradients(tiny_model, data_dir, tmp_path):
-    from clue_runner.data import load_split
+    from clue_runner.data.splits import load_split
     from clue_runner.features import collate, encode_examples
-    from clue_runner.heads import build_head
+    from clue_runner.engine.build import model_for
     from clue_runner.methods import build_methods
-    from clue_runner.models import load_encoder, load_tokenizer
+    from clue_runner.models import load_tokenizer
     from clue_runner.tasks import get_task
 
     task = get_task("fewclue_eprstmt")
@@ -111,27 +111,27 @@ def test_fgm_restores_embeddings_exactly_and_changes_gradients(tiny_model, data_
     enc = encode_examples(load_split(task, "dev", str(data_dir), limit=8).examples, tok, 64)
     batch = collate(enc, list(range(8)), tok.pad_token_id)
     torch.manual_seed(0)
-    model = build_head(task, load_encoder(str(tiny_model)), dropout=0.0)
+    model = model_for(task, str(tiny_model), dropout=0.0)
     (fgm,) = build_methods(build_config({"task": "afqmc", "methods": [{"name": "fgm", "epsilon": 0.5}]}).methods)
-    fgm.setup(model)
+    fgm.prepare(model, [], None)
 
     def compute(b):
         logits = model(**b)
         return model.loss(logits, b), logits
 
-    before = model.encoder.get_input_embeddings().weight.detach().clone()
+    before = model.backbone.input_embeddings().weight.detach().clone()
     compute(batch)[0].backward()
-    plain_grad = model.classifier.weight.grad.clone()
+    plain_grad = model.backbone.model.classifier.weight.grad.clone()
     fgm.after_backward(model, batch, compute, 1.0)
-    assert torch.equal(model.encoder.get_input_embeddings().weight, before)
-    assert not torch.allclose(model.classifier.weight.grad, plain_grad)  # the adversarial loss's gradient was added
+    assert torch.equal(model.backbone.input_embeddings().weight, before)
+    assert not torch.allclose(model.backbone.model.classifier.weight.grad, plain_grad)  # the adversarial loss's gradient was added
 
 
 def test_rdrop_trains_and_two_loss_owners_refused(tiny_model, data_dir, tmp_path):
     cfg = make_cfg(tiny_model, data_dir, tmp_path, max_steps=2)
     cfg = build_config({**cfg.model_dump(), "methods": [{"name": "rdrop", "alpha": 1.0}]})
     result = api.read_run(api.train(cfg, log=quiet))
-    assert result["method"] == "finetune+rdrop" and result["steps"] == 2
+    assert result["method"] == "finetune+rdrop(alpha=1)" and result["steps"] == 2
     with pytest.raises(ConfigError, match="both replace the loss"):
         from clue_runner.methods import METHODS, Method
 

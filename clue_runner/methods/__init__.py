@@ -1,42 +1,96 @@
-"""Training methods: registered classes that plug into the trainer's hook points.
+"""Training methods (`plugins.METHODS`): registered classes with optional hooks.
 
-The trainer calls every method at each hook; a method overrides only the hooks it needs.
-At most one method may own the loss (two would silently replace each other).
+The build (`engine.build`) and the trainer call every method at each hook; a method overrides
+only what it needs. Build time, in this order:
 
-Hooks (in the order the trainer calls them):
-- `setup(model)`: once, before the optimizer is built.
-- `loss(model, batch, compute)`: only for `owns_loss` methods; `compute(batch)` runs the
-  default forward + loss and returns (loss, logits).
-- `after_backward(model, batch, compute, scale)`: after the loss's backward, e.g. extra
-  adversarial passes whose gradients add to the step.
+- `backbone_kind`: the pretrained head the backbone must have ("base", "mlm", "pretraining");
+  None = whatever the head needs.
+- `wrap_model(backbone, ctx)`: model surgery before the head is built (LoRA injects adapters,
+  side networks wrap the backbone). Re-applied when a run is reloaded, before its weights load.
+- `wrap_featurizer(featurize, ctx)` / `wrap_predictor(predict, ctx)`: rewrite examples before
+  tokenization and outputs before decoding (prompts).
+- `param_groups(model)`: parameters with their own learning rate.
+- `check(head_cls, task, head_params)`: refuse a head it cannot work with (one line, at config load);
+  `accepts` lists the head outputs it works on (R-Drop: class logits only), None = any.
+
+Training time (the trainer's hooks, in the order it calls them):
+
+- `prepare(model, batches, compute)`: once, before the optimizer is built, with the training data.
+- `loss(model, batch, compute)`: only for `owns_loss` methods; `compute(batch)` runs the default
+  forward + loss and returns (loss, outputs).
+- `after_backward(model, batch, compute, scale)`: e.g. extra adversarial passes.
 - `before_step(model)`: after gradient accumulation, before clipping and the optimizer step.
+
+Saving: `export(model)` gives the transformers model written to `best/` (LoRA: merged weights);
+`save_extra(model, directory)` writes what else the method keeps (LoRA: the adapter).
+`graphable` says the method has no per-step Python hook, so the CUDA-graph step still applies.
+At most one method may own the loss (two would silently replace each other).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from ..errors import ConfigError
-from ..registry import Registry
-
-METHODS: Registry[type["Method"]] = Registry("method")
+from ..plugins import METHODS
+from ..registry import validate_options
 
 
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+@dataclass
+class BuildContext:
+    """What build-time hooks may read."""
+
+    task: Any
+    tokenizer: Any
+    config: Any  # the ExperimentConfig
+    log: Callable[[str], None]
+    training: bool = True
+
+
 class Method:
     Params = Params
+    name = "method"
     owns_loss = False
+    graphable = False  # True: no per-step hook, so the CUDA-graph fast path still applies
+    required_on_load = False  # True: the reloaded model needs wrap_model before its weights load
+    changes_export = False  # True: export() differs from the trained module (the exact state is saved too)
+    accepts: Optional[set[str]] = None  # head outputs it works on (Head.output_kind); None = any
+    backbone_kind: Optional[str] = None  # a pretrained head the backbone must have
 
     def __init__(self, params: Params):
         self.params = params
 
-    def setup(self, model: torch.nn.Module) -> None:
+    # -- build time
+    def check(self, head_cls, task, head_params) -> Optional[str]:
+        """Why this method cannot work with that head (None when it can)."""
+        kind = head_cls.output_kind(task, head_params)
+        if self.accepts is not None and kind not in self.accepts:
+            return (f"{self.name} works on {' or '.join(sorted(self.accepts))} outputs; "
+                    f"head {head_cls.__name__} gives {kind}")
+        return None
+
+    def wrap_model(self, backbone, ctx: BuildContext):
+        return backbone
+
+    def wrap_featurizer(self, featurize: Callable, ctx: BuildContext) -> Callable:
+        return featurize
+
+    def wrap_predictor(self, predict: Callable, ctx: BuildContext) -> Callable:
+        return predict
+
+    def param_groups(self, model) -> list[dict]:
+        return []
+
+    # -- training time
+    def prepare(self, model, batches, compute: Callable) -> None:
         pass
 
     def loss(self, model, batch, compute: Callable) -> torch.Tensor:
@@ -48,31 +102,59 @@ class Method:
     def before_step(self, model) -> None:
         pass
 
+    # -- saving
+    def export(self, model):
+        """The transformers model to write to `best/` (default: the trained one)."""
+        return model
 
-def _parse(index: int, cfg) -> Method:
+    def save_extra(self, model, directory) -> None:
+        pass
+
+    def summary(self) -> dict:
+        """Facts for the run JSON (e.g. the time of an extra pass)."""
+        return {}
+
+    def label(self) -> str:
+        """The method with its non-default parameters, e.g. `lora(r=16)`: two settings, two report rows."""
+        defaults = type(self.params)()
+        changed = {k: v for k, v in self.params.model_dump().items() if getattr(defaults, k) != v}
+        return self.name + (f"({','.join(f'{k}={_short(v)}' for k, v in changed.items())})" if changed else "")
+
+
+def _short(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return "/".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def parse_method(index: int, cfg) -> Method:
     cls = METHODS.get(cfg.name)
     raw = {k: v for k, v in cfg.model_dump().items() if k != "name"}
-    try:
-        return cls(cls.Params.model_validate(raw))
-    except ValidationError as err:
-        problems = "; ".join(
-            f"methods.{index}.{'.'.join(map(str, e['loc']))}: "
-            + ("unknown key" if e["type"] == "extra_forbidden" else e["msg"])
-            for e in err.errors()
-        )
-        raise ConfigError(f"{problems} (method {cfg.name!r} takes: {', '.join(cls.Params.model_fields) or 'no parameters'})") from None
+    method = cls(validate_options(cls.Params, raw, f"methods.{index}", f"method {cfg.name!r}"))
+    method.name = cfg.name
+    return method
 
 
 def build_methods(configs) -> list[Method]:
-    methods = [_parse(i, cfg) for i, cfg in enumerate(configs)]
-    owners = [type(m).__name__ for m in methods if m.owns_loss]
+    methods = [parse_method(i, cfg) for i, cfg in enumerate(configs)]
+    owners = [m.name for m in methods if m.owns_loss]
     if len(owners) > 1:
-        raise ConfigError(f"methods: {' and '.join(c.name for c, m in zip(configs, methods) if m.owns_loss)} both replace the loss; use one")
+        raise ConfigError(f"methods: {' and '.join(owners)} both replace the loss; use one")
     names = [c.name for c in configs]
     if len(set(names)) != len(names):
         raise ConfigError(f"methods: {names} lists a method twice")
+    kinds = {m.backbone_kind for m in methods if m.backbone_kind}
+    if len(kinds) > 1:
+        raise ConfigError(f"methods: they need different pretrained heads ({', '.join(sorted(kinds))}); use one")
     return methods
 
 
-# Registered by explicit import (no filesystem scan).
-from . import adversarial, regularization  # noqa: E402,F401
+def check_methods(methods: list[Method], head_cls, task, head_params) -> None:
+    """Refuse, at config load, a method that cannot work with the head."""
+    for i, m in enumerate(methods):
+        problem = m.check(head_cls, task, head_params)
+        if problem:
+            raise ConfigError(f"methods.{i}: {problem}")
+        if m.backbone_kind and head_cls.backbone_kind not in ("base", m.backbone_kind):
+            raise ConfigError(f"methods.{i}: {m.name} needs a {m.backbone_kind} backbone; "
+                              f"head {head_cls.__name__} reads a {head_cls.backbone_kind} one")

@@ -5,23 +5,23 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from . import METHODS, Method, Params
+from . import Method, Params
 
 
 class FGMParams(Params):
-    epsilon: float = Field(1.0, gt=0)
+    epsilon: float = Field(1.0, gt=0, allow_inf_nan=False)
 
 
-@METHODS.register("fgm")
 class FGM(Method):
     """After the normal backward, perturb the word embeddings along their gradient
     (r = ε·g/‖g‖), add the gradient of the loss on the perturbed input, then restore
-    the embeddings exactly."""
+    the embeddings exactly. Every input segment is perturbed (a bi-encoder's second sentence
+    too): they share the embedding matrix, and the rows of all their tokens are moved."""
 
     Params = FGMParams
 
-    def setup(self, model):
-        self.embeddings = model.encoder.get_input_embeddings().weight
+    def prepare(self, model, batches, compute):
+        self.embeddings = model.backbone.input_embeddings().weight
 
     def after_backward(self, model, batch, compute, scale):
         grad = self.embeddings.grad
@@ -29,7 +29,7 @@ class FGM(Method):
             return
         # Only the rows of tokens in this batch have a gradient; back them up and copy them
         # back afterwards (x + d - d is not x in floating point).
-        rows = batch["input_ids"].unique()
+        rows = torch.cat([v.flatten() for k, v in batch.items() if k.endswith("input_ids")]).unique()
         saved = self.embeddings.detach()[rows].clone()
         g = grad[rows]
         delta = self.params.epsilon * g / torch.linalg.vector_norm(g).clamp_min(1e-12)

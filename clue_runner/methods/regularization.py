@@ -5,17 +5,17 @@ from __future__ import annotations
 import torch.nn.functional as F
 from pydantic import Field
 
-from . import METHODS, Method, Params
+from . import Method, Params
 
 
 class RDropParams(Params):
-    alpha: float = Field(4.0, ge=0)
+    alpha: float = Field(4.0, ge=0, allow_inf_nan=False)
 
 
-@METHODS.register("rdrop")
 class RDrop(Method):
     Params = RDropParams
     owns_loss = True
+    accepts = {"class_logits"}  # the KL is between two class distributions
 
     def loss(self, model, batch, compute):
         loss1, logits1 = compute(batch)

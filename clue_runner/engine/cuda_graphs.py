@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .features import Encoded, collate
+from ..features import Encoded, collate
 
 WIDTH_STEP = 16  # token widths are rounded up to this: few shapes, little extra padding
 IGNORE = -100

@@ -10,7 +10,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from .report import Report, Row, Run
+from . import Report, Row, Run
 
 SIZE_IN = (12, 5)
 DPI = 100  # 12×5 in at 100 dpi: a 1200×500 px picture

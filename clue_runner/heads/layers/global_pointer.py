@@ -1,4 +1,4 @@
-"""GlobalPointer span scoring for (nested) named-entity recognition, its loss, decoding and metric.
+"""GlobalPointer span scoring for (nested) named-entity recognition, its loss and decoding.
 
 GlobalPointer (https://kexue.fm/archives/8373) scores every (start, end) token pair per entity type
 with a dot product of start and end projections, so nested and overlapping entities need no tagging
@@ -150,19 +150,3 @@ def decode_spans(scores: np.ndarray | torch.Tensor, threshold: float = 0.0,
             t, i, j = t[chosen], i[chosen], j[chosen]
         decoded.append({(int(a), int(b), int(c)) for a, b, c in zip(t, i, j)})
     return decoded
-
-
-def entity_prf(gold: list[set[tuple]], pred: list[set[tuple]]) -> dict[str, float]:
-    """Micro precision, recall and F1 of exact tuple matches (e.g. (type, start, end)) summed over examples.
-
-    A ratio with a zero denominator is 0.0, so empty gold and predictions give all zeros.
-    """
-    if len(gold) != len(pred):
-        raise ValueError(f"{len(gold)} gold examples but {len(pred)} predicted")
-    hits = sum(len(set(g) & set(p)) for g, p in zip(gold, pred))
-    n_gold = sum(len(set(g)) for g in gold)
-    n_pred = sum(len(set(p)) for p in pred)
-    precision = hits / n_pred if n_pred else 0.0
-    recall = hits / n_gold if n_gold else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1}

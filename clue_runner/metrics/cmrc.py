@@ -11,9 +11,6 @@ import re
 import string
 from collections.abc import Callable, Sequence
 
-# metrics.py imports this module at its end; METRICS exists by then.
-from .metrics import METRICS
-
 # The official `sp_char` list. It also lists "……", but compares it with single characters, so it never
 # matches: a lone "…" is kept there, and here too. ASCII "." "," "!" "?" "(" ")" are not in it either.
 PUNCTUATION = frozenset("-:_*^/\\~`+=，。：？！“”；’《》·、「」（）－～『』")
@@ -119,13 +116,11 @@ def _answer_lists(gold) -> list[list[str]]:
     return [[answers] if isinstance(answers, str) else list(answers) for answers in gold]
 
 
-@METRICS.register("cmrc_em")
 def cmrc_em(gold, pred, num_labels: int | None = None) -> float:
     """Mean CMRC 2018 exact match. gold: per question, its answer strings. num_labels: unused."""
     return _mean(em_score, _answer_lists(gold), list(pred))
 
 
-@METRICS.register("cmrc_f1")
 def cmrc_f1(gold, pred, num_labels: int | None = None) -> float:
     """Mean CMRC 2018 F1. gold: per question, its answer strings. num_labels: unused."""
     return _mean(f1_score, _answer_lists(gold), list(pred))

@@ -23,8 +23,8 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import get_linear_schedule_with_warmup
 
+from ..features import Encoded, collate, to_device, train_batches
 from .cuda_graphs import GraphedTrainStep, StaticBatcher
-from .features import Encoded, collate, to_device, train_batches
 
 
 def seed_everything(seed: int) -> None:
@@ -55,8 +55,9 @@ def fast_path_blocker(cfg, methods, device: torch.device, model=None) -> Optiona
         return "no CUDA device"
     if cfg.grad_accum != 1:
         return "gradient accumulation"
-    if methods:
-        return "methods hook into the step"
+    hooked = [getattr(m, "name", type(m).__name__) for m in methods if not m.graphable]
+    if hooked:
+        return f"{', '.join(hooked)} hook{'s' if len(hooked) == 1 else ''} into the step"
     return None
 
 
@@ -101,8 +102,9 @@ class Trainer:
         self.state = TrainState()
 
         seed_everything(cfg.seed)
-        for m in methods:
-            m.setup(model)
+        if train_data is not None:
+            for m in methods:
+                m.prepare(model, self._epoch_batches(), self._compute)
         self.fast_path = fast_path_blocker(cfg, methods, device, model) is None
         self.optimizer = self._optimizer()
         self.scheduler = get_linear_schedule_with_warmup(
@@ -117,11 +119,25 @@ class Trainer:
         if resume_dir is not None and (resume_dir / "trainer.pt").is_file():
             self._load(resume_dir)
 
+    def _epoch_batches(self) -> Iterator[dict]:
+        """The first epoch's batches on the device, for methods that look at the data before training."""
+        for indices in train_batches(self.lengths, self.cfg.batch_size, self.cfg.seed, 0, self.cfg.group_by_length):
+            yield to_device(collate(self.data, indices, self.pad_id), self.device)
+
     def _optimizer(self) -> torch.optim.Optimizer:
         new = {id(p) for p in getattr(self.model, "new_parameters", lambda: [])()}
+        lr = self.cfg.lr
+        claimed, method_groups = set(), []
+        for m in self.methods:  # parameters a method gives its own learning rate
+            for group in m.param_groups(self.model):
+                params = [p for p in group["params"] if p.requires_grad and id(p) not in claimed]
+                claimed.update(id(p) for p in params)
+                if params:
+                    method_groups.append({"params": params, "weight_decay": group.get("weight_decay", self.cfg.weight_decay),
+                                          "lr": group.get("lr") or lr})
         decay, no_decay, head = [], [], []
         for name, p in self.model.named_parameters():
-            if not p.requires_grad:
+            if not p.requires_grad or id(p) in claimed:
                 continue
             if id(p) in new:
                 head.append(p)
@@ -129,11 +145,11 @@ class Trainer:
                 no_decay.append(p)
             else:
                 decay.append(p)
-        lr = self.cfg.lr
         groups = [
             {"params": decay, "weight_decay": self.cfg.weight_decay, "lr": lr},
             {"params": no_decay, "weight_decay": 0.0, "lr": lr},
             {"params": head, "weight_decay": self.cfg.weight_decay, "lr": self.cfg.head_lr or lr},
+            *method_groups,
         ]
         groups = [g for g in groups if g["params"]]
         fused = self.device.type == "cuda"

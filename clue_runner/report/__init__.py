@@ -1,7 +1,7 @@
 """Reports over finished runs: load every run.json, group by task × model × method, pivot tasks into columns.
 
 Scores are each run's best checkpoint (chosen by the task's main metric) ×100; a group shows the
-mean, the sample standard deviation (ddof=1) and n. Published baselines (clue_runner/baselines/*.yaml)
+mean, the sample standard deviation (ddof=1) and n. Published baselines (clue_runner/report/baselines/*.yaml)
 become extra rows, marked as published, and never enter the user's groups or averages.
 """
 
@@ -20,9 +20,9 @@ from typing import Iterable, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .errors import ClueRunError
-from .registry import did_you_mean
-from .results import RESULT_FILE, read_result
+from ..errors import ClueRunError
+from ..registry import did_you_mean
+from ..runs.result import RESULT_FILE, read_result
 
 FORMATS = ("table", "markdown", "csv", "json")
 
@@ -190,7 +190,7 @@ class BaselineSource(_Strict):
 
 
 def _baseline_dir():
-    return resources.files("clue_runner") / "baselines"
+    return resources.files("clue_runner.report") / "baselines"
 
 
 def baseline_names() -> list[str]:

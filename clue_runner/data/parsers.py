@@ -1,17 +1,101 @@
-"""Input encoders of the structured CLUE tasks: reading comprehension, multiple choice, idiom
-cloze and NER. Each turns one row (a paragraph with its questions, a document, a line of
-passages) into examples whose `label` is the gold the task scores against.
+"""Row parsers: turn one data row into the item(s) a head tokenizes.
 
-Bad input (answers not where they claim to be, blanks without candidates, entity offsets
-outside the text) raises `RowError`; the reader adds the file and location.
+Most tasks need only `text` (one or two fields; list-valued fields joined). Tasks whose input
+needs code get a named parser here (listed in `plugins.PARSERS`), with its settings as data in
+the task YAML (`inputs.encoder`, `inputs.options`).
+
+The structured tasks' parsers (reading comprehension, multiple choice, idiom cloze, NER) turn a
+row (a paragraph with its questions, a document, a line of passages) into examples whose `label`
+is the gold the task scores against. Bad input (answers not where they claim to be, blanks
+without candidates, entity offsets outside the text) raises `RowError`; the reader adds the file
+and location.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
 
-from .encoders import ENCODERS, Item, RowContext, RowError, field_text
+
+class RowError(ValueError):
+    """A problem with one field of one row; the reader adds file and line."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass
+class Item:
+    """What one example of a row holds. A row may give several (questions of a passage, blanks)."""
+
+    text_a: str
+    text_b: Optional[str] = None
+    label: Any = None  # set by encoders whose label is not a plain field (the index of the right choice)
+    id: Any = None  # None: the row's own id
+    extra: dict = field(default_factory=dict)  # structure a head needs: choices, answers, entity spans
+
+
+@dataclass
+class RowContext:
+    training: bool = False  # a training split: its targets must be locatable (answer spans)
+    answers: Optional[dict] = None  # a split's separate answer file (official CHID), keyed by blank id
+    labels: tuple = ()  # the task's label values (entity types of a NER task)
+
+
+Parser = Callable[[dict, "InputSpec", RowContext], list[Item]]  # noqa: F821
+
+
+def field_text(row: dict, field: str, join: str) -> str:
+    if field not in row:
+        raise RowError(field, "missing")
+    value = row[field]
+    if isinstance(value, list):
+        if not all(isinstance(v, str) for v in value):
+            raise RowError(field, "expected a list of strings")
+        return join.join(value)
+    if not isinstance(value, str):
+        raise RowError(field, f"expected text, got {type(value).__name__}")
+    return value
+
+
+def parse_text(row: dict, spec, ctx: RowContext) -> list[Item]:
+    text_a = field_text(row, spec.text_a, spec.join)
+    text_b = field_text(row, spec.text_b, spec.join) if spec.text_b else None
+    return [Item(text_a, text_b)]
+
+
+def parse_wsc_spans(row: dict, spec, ctx: RowContext) -> list[Item]:
+    """CLUEWSC: mark the candidate (span1) and the pronoun (span2) inside the text.
+
+    Markers come from the task YAML (`inputs.options.markers`), default `_…_` and `[…]`
+    as in the CLUE baseline.
+    """
+    text = field_text(row, spec.text_a, spec.join)
+    target = row.get("target")
+    if not isinstance(target, dict):
+        raise RowError("target", "missing or not an object")
+    markers = spec.options.get("markers", {"span1": ["_", "_"], "span2": ["[", "]"]})
+    spans = []
+    for key in ("span1", "span2"):
+        try:
+            start, surface = int(target[f"{key}_index"]), target[f"{key}_text"]
+        except (KeyError, TypeError, ValueError):
+            raise RowError(f"target.{key}_index", "missing or not an integer") from None
+        if text[start : start + len(surface)] != surface:
+            raise RowError(
+                f"target.{key}_text",
+                f"{surface!r} is not at index {start} (text there: {text[start:start + len(surface)]!r})",
+            )
+        spans.append((start, start + len(surface), *markers[key]))
+    # Insert from the right so earlier offsets stay valid.
+    for start, end, left, right in sorted(spans, reverse=True):
+        text = text[:start] + left + text[start:end] + right + text[end:]
+    return [Item(text)]
+
+
+# -- structured tasks ------------------------------------------------------------------
 
 BLANK = re.compile(r"#idiom\d*#")
 
@@ -34,8 +118,7 @@ def _text(value: Any, where: str) -> str:
     return value
 
 
-@ENCODERS.register("mrc_span")
-def encode_mrc_span(row: dict, spec, ctx: RowContext) -> list[Item]:
+def parse_mrc_span(row: dict, spec, ctx: RowContext) -> list[Item]:
     """A SQuAD-style paragraph: one example per question; label = the gold answer texts.
 
     Scoring uses the answer texts only, as the official CMRC2018 evaluation does; the span of
@@ -67,8 +150,7 @@ def encode_mrc_span(row: dict, spec, ctx: RowContext) -> list[Item]:
     return items
 
 
-@ENCODERS.register("multiple_choice")
-def encode_multiple_choice(row: dict, spec, ctx: RowContext) -> list[Item]:
+def parse_multiple_choice(row: dict, spec, ctx: RowContext) -> list[Item]:
     """A C3 document: one example per question; label = index of the answer among the choices."""
     document = spec.join.join(_text(line, "document") for line in _list(row, "document"))
     items = []
@@ -88,8 +170,7 @@ def encode_multiple_choice(row: dict, spec, ctx: RowContext) -> list[Item]:
     return items
 
 
-@ENCODERS.register("idiom_cloze")
-def encode_idiom_cloze(row: dict, spec, ctx: RowContext) -> list[Item]:
+def parse_idiom_cloze(row: dict, spec, ctx: RowContext) -> list[Item]:
     """CHID: one example per blank, scored against the row's candidate idioms.
 
     Two layouts: FewCLUE (one passage, one `#idiom#` blank, `answer` = candidate index) and the
@@ -129,8 +210,7 @@ def encode_idiom_cloze(row: dict, spec, ctx: RowContext) -> list[Item]:
     return items
 
 
-@ENCODERS.register("entity_spans")
-def encode_entity_spans(row: dict, spec, ctx: RowContext) -> list[Item]:
+def parse_entity_spans(row: dict, spec, ctx: RowContext) -> list[Item]:
     """CLUENER: label {type: {entity text: [[start, end], ...]}} (end inclusive) → a sorted
     tuple of (type, start, end) character spans; types are the task's label values."""
     text = field_text(row, spec.text_a, "")

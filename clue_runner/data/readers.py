@@ -1,8 +1,9 @@
-"""Readers of the non-JSON-lines layouts, plain or .gz: delimited text (TSV, CSV, one sentence
-per line) for the sentence-matching sets, and whole JSON documents (SQuAD-style CMRC2018, C3).
+"""File → rows, plain or .gz: JSON lines (CLUE), delimited text (TSV, CSV, one sentence per line)
+for the sentence-matching sets, and whole JSON documents (SQuAD-style CMRC2018, C3); where the
+data directory and a split's file are.
 
-Every reader yields (location, row dict), like `data.read_json_lines`, so errors can name
-`path:location`: the line number in a text file, the path inside a JSON document.
+Every reader yields (location, row dict), so errors can name `path:location`: the line number in
+a text file, the path inside a JSON document.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import os
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from .errors import ConfigError, DataError
-from .registry import did_you_mean
+from ..errors import ConfigError, DataError
+from ..registry import did_you_mean
 
+DATA_DIR_ENV = "CLUE_DATA_DIR"
 BOM = "\ufeff"
 
 Rows = Iterator[tuple[int | str, dict]]
@@ -66,7 +69,6 @@ def read_lines(path: Path, field: str = "text") -> Rows:
 
 
 def _jsonl(path: Path, columns, header) -> Rows:
-    from .data import read_json_lines  # here, not at the top: data.py imports this module
 
     return read_json_lines(path)
 
@@ -121,3 +123,44 @@ def read_rows(path: Path, fmt: str, columns: Optional[list[str]] = None, header:
     if fmt not in READERS:
         raise ConfigError(f"unknown data format {fmt!r}{did_you_mean(fmt, READERS)} (known: {', '.join(READERS)})")
     return READERS[fmt](Path(path), columns, header)
+
+
+def resolve_data_dir(configured: Optional[str]) -> Path:
+    """Config value, else $CLUE_DATA_DIR, else ./data — and say where we looked if none exists."""
+    candidates = [("data.dir in the config", configured), (f"${DATA_DIR_ENV}", os.environ.get(DATA_DIR_ENV)), ("default", "data")]
+    looked = []
+    for origin, value in candidates:
+        if not value:
+            continue
+        path = Path(value).expanduser()
+        if path.is_dir():
+            return path
+        looked.append(f"{path.resolve()} ({origin})")
+        if origin != "default":
+            break  # an explicit setting that is wrong should not fall through silently
+    raise DataError(
+        "data directory not found; looked in: " + ", ".join(looked)
+        + f". Set data.dir in the config or ${DATA_DIR_ENV} (e.g. export {DATA_DIR_ENV}=../shared/data)."
+    )
+
+
+def find_file(directory: Path, name: str) -> Path:
+    for candidate in (directory / name, directory / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"data file not found: {directory / name} (nor {name}.gz)")
+
+
+def read_json_lines(path: Path) -> Iterator[tuple[int, dict]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{line_no}: not valid JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+            yield line_no, row

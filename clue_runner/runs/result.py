@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import ClueRunError
+from ..errors import ClueRunError
 
 SCHEMA_VERSION = 1
 RESULT_FILE = "run.json"
@@ -70,7 +70,7 @@ def environment(device) -> dict[str, Any]:
     import torch
     import transformers
 
-    from . import __version__
+    from .. import __version__
 
     if device.type == "cuda":
         device_name = torch.cuda.get_device_name(device)

@@ -1,4 +1,4 @@
-"""Reading task data: the official CLUE/FewCLUE layouts (JSON lines, plain or .gz) or a `datasets` hub path.
+"""Splits of a task as examples: the official CLUE/FewCLUE layouts (JSON lines, plain or .gz) or a `datasets` hub path.
 
 Every row becomes an `Example`; a malformed row or an unknown label stops with file, line
 and field, or (with `data.on_bad_row: skip`) is counted and reported in the run result.
@@ -6,20 +6,16 @@ and field, or (with `data.on_bad_row: skip`) is counted and reported in the run 
 
 from __future__ import annotations
 
-import gzip
-import json
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from .encoders import ENCODERS, RowContext, RowError
-from .errors import DataError
-from .formats import read_json_document, read_rows
-from .tasks import TaskSpec
-
-DATA_DIR_ENV = "CLUE_DATA_DIR"
+from ..errors import DataError
+from ..plugins import PARSERS
+from ..tasks.spec import TaskSpec
+from .parsers import RowContext, RowError
+from .readers import find_file, read_json_document, read_rows, resolve_data_dir
 
 
 @dataclass
@@ -50,47 +46,6 @@ class SplitData:
             "skipped": len(self.skipped),
             "skipped_first": self.skipped[:5],
         }
-
-
-def resolve_data_dir(configured: Optional[str]) -> Path:
-    """Config value, else $CLUE_DATA_DIR, else ./data — and say where we looked if none exists."""
-    candidates = [("data.dir in the config", configured), (f"${DATA_DIR_ENV}", os.environ.get(DATA_DIR_ENV)), ("default", "data")]
-    looked = []
-    for origin, value in candidates:
-        if not value:
-            continue
-        path = Path(value).expanduser()
-        if path.is_dir():
-            return path
-        looked.append(f"{path.resolve()} ({origin})")
-        if origin != "default":
-            break  # an explicit setting that is wrong should not fall through silently
-    raise DataError(
-        "data directory not found; looked in: " + ", ".join(looked)
-        + f". Set data.dir in the config or ${DATA_DIR_ENV} (e.g. export {DATA_DIR_ENV}=../shared/data)."
-    )
-
-
-def find_file(directory: Path, name: str) -> Path:
-    for candidate in (directory / name, directory / f"{name}.gz"):
-        if candidate.is_file():
-            return candidate
-    raise DataError(f"data file not found: {directory / name} (nor {name}.gz)")
-
-
-def read_json_lines(path: Path) -> Iterator[tuple[int, dict]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{line_no}: not valid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
-            yield line_no, row
 
 
 def _answer_file(path: Path) -> dict:
@@ -173,7 +128,7 @@ def load_split(
         if layout.answers:
             answers = _answer_file(find_file(directory, layout.answers))
 
-    encode = ENCODERS.get(inputs.encoder)
+    encode = PARSERS.get(inputs.encoder)
     parse_label = _label_parser(task) if task.label.kind != "structured" else None
     ctx = RowContext(training=training, answers=answers, labels=tuple(task.label.values))
     data = SplitData(task=task.name, split=split, source=" + ".join(origins), examples=[])

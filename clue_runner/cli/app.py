@@ -1,0 +1,39 @@
+"""The Typer app, the consoles and the one place known errors become one line (exit status 2)."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from ..errors import ClueRunError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune and score Chinese encoders on CLUE-style tasks.")
+tasks_app = typer.Typer(no_args_is_help=True, help="List and inspect the task registry.")
+model_app = typer.Typer(no_args_is_help=True, help="Prepare models (packaged model conversion, vocabulary trimming).")
+app.add_typer(tasks_app, name="tasks")
+app.add_typer(model_app, name="model")
+
+out = Console()
+err = Console(stderr=True)
+DEBUG_ENV = "CLUE_RUN_DEBUG"
+
+
+def friendly_errors(fn):
+    """Known errors become one clear line and exit code 2; CLUE_RUN_DEBUG=1 shows the traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ClueRunError as e:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            # Escaped: paths, labels and WSC markers contain square brackets that rich would eat.
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+
+    return wrapper

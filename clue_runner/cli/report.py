@@ -1,0 +1,116 @@
+"""report / submit: thin commands over clue_runner.report and clue_runner.submit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from ..errors import ClueRunError
+from ..registry import did_you_mean
+from .app import app, err, friendly_errors, out
+
+DEFAULT_RESULTS = Path("results")
+
+
+def _names(values: List[str]) -> list[str]:
+    """Repeatable options that also take comma lists: --task a,b --task c."""
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+def _score_table(report) -> Table:
+    from ..report import format_cell, format_score
+
+    avg = ["avg"] if report.has_avg else []
+    table = Table(title="CLUE report")
+    for col in ["system", *report.tasks, *avg]:
+        table.add_column(col, justify="left" if col == "system" else "right")
+    for i, row in enumerate(report.rows):
+        if row.published and i > 0 and not report.rows[i - 1].published:
+            table.add_section()  # the user's rows first, then the published ones
+        table.add_row(row.label, *(format_cell(row.cells.get(t)) for t in report.tasks),
+                      *(format_score(row.avg(report.tasks)) for _ in avg), style="dim italic" if row.published else None)
+    return table
+
+
+def _throughput_table(report) -> Table:
+    from ..report import format_count, format_score, format_share, throughput_rows
+
+    table = Table(title="Training throughput (mean over runs)")
+    for col, justify in (("system", "left"), ("task", "left"), ("n", "right"), ("train samples/s", "right"),
+                         ("tokens/s", "right"), ("s/epoch", "right"), ("padding share", "right")):
+        table.add_column(col, justify=justify)
+    for label, task, cell in throughput_rows(report):
+        table.add_row(label, task, str(cell.n), format_score(cell.train_samples_per_s), format_count(cell.train_tokens_per_s),
+                      format_score(cell.seconds_per_epoch), format_share(cell.padding_share))
+    return table
+
+
+@app.command()
+@friendly_errors
+def report(
+    results_dirs: Optional[List[Path]] = typer.Argument(None, help="Directories to search for run.json (default: results)."),
+    latest: bool = typer.Option(False, "--latest", help="Only the newest run per task × model × method × seed."),
+    task: List[str] = typer.Option([], "--task", help="Only these tasks (repeatable or comma list); also sets the column order."),
+    model: List[str] = typer.Option([], "--model", help="Only these models, by slug or name (repeatable or comma list)."),
+    method: List[str] = typer.Option([], "--method", help="Only these methods, e.g. finetune+fgm (repeatable or comma list)."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Score by this metric (default: each task's main metric)."),
+    fmt: str = typer.Option("table", "--format", help="table, markdown, csv or json."),
+    throughput: bool = typer.Option(False, "--throughput", help="Also show training samples/s, tokens/s, seconds per epoch and padding share."),
+    baselines: List[str] = typer.Option([], "--baselines", help="Published baselines to set beside your runs, e.g. clue-official,bert4keras."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw scores and training curves into this PNG."),
+):
+    """Mean ± std over seeds per task × model × method, tasks as columns, with published baselines."""
+    from .. import report as rep
+
+    if fmt not in rep.FORMATS:
+        raise ClueRunError(f"--format {fmt!r}{did_you_mean(fmt, rep.FORMATS)} (choose {', '.join(rep.FORMATS)})")
+    sources = rep.load_baselines(_names(baselines))
+    # A missing default results/ is just "no runs yet"; a directory the user named must exist.
+    dirs = results_dirs or ([DEFAULT_RESULTS] if DEFAULT_RESULTS.is_dir() else [])
+    runs = rep.load_runs(dirs)
+    if not runs and not sources:
+        where = ", ".join(map(str, dirs)) or f"{DEFAULT_RESULTS} (not found)"
+        raise ClueRunError(f"no run results (run.json) under {where}; train with `clue-run train` first")
+    tasks = _names(task)
+    runs = rep.filter_runs(runs, tasks, _names(model), _names(method),
+                           extra_tasks={t for s in sources for r in s.rows for t in r.scores})
+    if latest:
+        runs = rep.latest_runs(runs)
+    result = rep.build_report(rep.aggregate(runs, metric), tasks, sources)
+
+    if fmt == "table":
+        out.print(_score_table(result))
+        if throughput:
+            out.print(_throughput_table(result))
+        out.print("\n".join(rep.notes(result)), markup=False, highlight=False)
+    else:
+        text = {"markdown": lambda: rep.to_markdown(result, throughput), "csv": lambda: rep.to_csv(result, throughput),
+                "json": lambda: rep.to_json(result)}[fmt]()
+        out.print(text, end="", markup=False, highlight=False, emoji=False, soft_wrap=True)
+    if plot is not None:
+        from ..report.plots import plot_report
+
+        err.print(f"plot: {plot_report(result, runs, plot)}", highlight=False)
+
+@app.command()
+@friendly_errors
+def submit(
+    run: List[Path] = typer.Option(..., "--run", help="A run directory with test predictions (repeatable)."),
+    output: Path = typer.Option(..., "--output", "-o", help="The zip to write."),
+    clue_version: str = typer.Option("1.1", "--clue-version", help="CLUE file names: 1.1 (default) or 1.0."),
+    fewclue_split: Optional[str] = typer.Option(None, "--fewclue-split", help="FewCLUE multi-split board: 0-4 or all (names <task>_predict_<x>.json)."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where the test files are (default: each run's data directory)."),
+):
+    """Validate runs' test predictions and pack them into a leaderboard zip (nothing is written if any check fails)."""
+    from ..submit import pack_submission
+
+    entries = pack_submission(run, output, clue_version, fewclue_split, data_dir)
+    table = Table(title=f"{output} · {len(entries)} file(s), all checks passed")
+    for col in ("file", "task", "predictions", "run"):
+        table.add_column(col, justify="right" if col == "predictions" else "left")
+    for e in entries:
+        table.add_row(e.name, e.task.name, str(e.predictions), str(e.run_dir))
+    out.print(table)

@@ -1,0 +1,196 @@
+"""THE assembly: config → task → backbone → methods → head, featurizer. Used by train, eval,
+predict, encode and resume alike, so a model changed by a method reloads exactly as it trained.
+
+    task      = tasks.get_task(cfg.task)
+    backbone  = models.backbone.load_backbone(path, kind)   # the kind the head and methods need
+    backbone  = m.wrap_model(backbone, ctx) for each method  # LoRA, side networks … (also on reload)
+    head      = heads.build_head(task, backbone, cfg.head)
+    featurize = m.wrap_featurizer(head.featurize, ctx) …     # prompts …
+    reload    : engine.checkpoint.load_best(best/, head)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from ..config import ExperimentConfig
+from ..data.parsers import choice_text
+from ..data.splits import SplitData, load_split
+from ..errors import ClueRunError, DataError
+from ..features import Encoded
+from ..heads import Head, resolve_head
+from ..methods import BuildContext, Method, build_methods, check_methods
+from ..models import load_tokenizer, resolve_model
+from ..models.backbone import load_backbone
+from ..paths import cache_root
+from ..tasks import TaskSpec, get_task
+from .checkpoint import load_best
+from .cuda_graphs import GraphedForward
+from .evaluate import predict_logits
+from .trainer import autocast_dtype, pick_device, seed_everything
+
+
+@dataclass
+class Built:
+    """A model ready to train or score: task, tokenizer, head module (holding the backbone), methods."""
+
+    cfg: ExperimentConfig
+    task: TaskSpec
+    tokenizer: object
+    model: Head
+    methods: list[Method]
+    model_path: str  # what the backbone was loaded from (the trimmed copy, or a run's best/)
+    featurize: Callable
+    predict: Callable
+    device: torch.device
+    amp: Optional[torch.dtype]
+    graphed: Optional[GraphedForward] = None
+    load_report: dict = field(default_factory=dict)
+
+    def encode(self, data: SplitData) -> Encoded:
+        return self.featurize(data.examples, self.tokenizer, self.cfg.data.max_length)
+
+    def parameter_counts(self) -> dict:
+        params = list(self.model.parameters())
+        return {"total": sum(p.numel() for p in params),
+                "trainable": sum(p.numel() for p in params if p.requires_grad)}
+
+    def calibration(self, enc: Optional[Encoded]):
+        """(gold, predictions) of the threshold split, for metrics that fit a threshold there."""
+        if enc is None:
+            return None
+        return enc.targets, self.predict(torch.from_numpy(self.logits(enc)[0]), enc)
+
+    def threshold_split(self, scored_split: str, data_dir: Optional[str] = None) -> Optional[Encoded]:
+        split = self.cfg.data.threshold_split
+        if split in (None, scored_split):
+            return None
+        return self.encode(load_task_split(self.cfg, self.task, split, data_dir=data_dir))
+
+    def logits(self, enc: Encoded) -> tuple[np.ndarray, float]:
+        if (self.graphed is None and self.device.type == "cuda" and self.cfg.train.cuda_graphs
+                and self.model.graphable and all(m.graphable for m in self.methods)):
+            self.graphed = GraphedForward(self.model, self.amp)  # kept: graphs read the weights in place
+        return predict_logits(self.model, enc, self.cfg.train.eval_batch_size, self.tokenizer.pad_token_id,
+                              self.device, self.amp, self.graphed)
+
+
+def load_task_split(cfg: ExperimentConfig, task: TaskSpec, split: str, limit=None, on_bad_row=None, data_dir=None,
+                    training: bool = False) -> SplitData:
+    return load_split(task, split, data_dir=data_dir or cfg.data.dir, variant=cfg.data.variant,
+                      on_bad_row=on_bad_row or cfg.data.on_bad_row, source=cfg.data.source, limit=limit,
+                      training=training)
+
+
+def task_texts(task: TaskSpec, data_dir: Optional[str]) -> list[str]:
+    """Every input text of every split file the task has in the data directory (all variants)."""
+    texts = []
+    variants = task.data.variants or [None]
+    seen = set()
+    for split in task.data.splits:
+        for variant in variants:
+            name = str(task.split_file(split, variant))
+            if name in seen:
+                continue
+            seen.add(name)
+            try:
+                data = load_split(task, split, data_dir=data_dir, variant=variant, on_bad_row="skip")
+            except DataError:
+                continue  # e.g. a split this download does not have
+            for ex in data.examples:
+                texts += [t for t in (ex.text_a, ex.text_b) if t]
+                texts += [choice_text(ex.text_a, c) for c in ex.extra.get("choices", ())]
+    return texts
+
+
+def trimmed_model(model_path: str, task: TaskSpec, data_dir: Optional[str], log: Callable[[str], None]) -> str:
+    """The model with its vocabulary cut to the task's texts (+ single CJK/ASCII characters), cached.
+
+    Hidden states on those texts are unchanged; the optimizer and embedding gradients shrink by
+    the size of the unused vocabulary (most of a multilingual model).
+    """
+    from ..models.trim import trim
+
+    texts = task_texts(task, data_dir)
+    weights = Path(model_path) / "model.safetensors"
+    key = hashlib.sha1(f"{Path(model_path).resolve()}|{weights.stat().st_mtime_ns if weights.exists() else ''}".encode())
+    for t in texts:
+        key.update(t.encode() + b"\x00")
+    out = cache_root() / "models" / f"trimmed-{task.name}-{key.hexdigest()[:16]}"
+    if not (out / "model.safetensors").is_file():
+        report = trim(model_path, texts, out, keep_cjk_chars=True, dtype="float32")
+        log(f"vocabulary trimmed for {task.name}: {report.pieces_before:,} → {report.pieces_after:,} pieces, "
+            f"{report.params_before / 1e6:.1f}M → {report.params_after / 1e6:.1f}M parameters ({out})")
+    return str(out)
+
+
+def _silent(message: str) -> None:
+    pass
+
+
+def model_for(task: TaskSpec, model_path: str, head_cfg=None, dropout: float = 0.1, methods: list[Method] = (),
+              ctx: Optional[BuildContext] = None, allow_random_init: bool = False, seed: Optional[int] = None,
+              name: Optional[str] = None, log: Callable[[str], None] = _silent) -> Head:
+    """The head module on a backbone loaded from `model_path` as the kind the head and methods need,
+    with the methods' model surgery applied."""
+    from transformers import AutoConfig
+
+    head_cls, head_params = resolve_head(task, head_cfg)
+    model_config = AutoConfig.from_pretrained(model_path)
+    kind = next((m.backbone_kind for m in methods if m.backbone_kind), None) or head_cls.kind_for(task, head_params, model_config)
+    if seed is not None:
+        seed_everything(seed)  # new head weights depend on the seed only
+    categorical = task.label.kind == "categorical"
+    backbone = load_backbone(
+        model_path, kind, allow_random_init=allow_random_init, dropout=dropout,
+        num_labels=len(task.label.values) if categorical else None, regression=task.label.kind == "score",
+        id2label=dict(enumerate(task.label.values)) if categorical else None, name=name)
+    for line in backbone.load_report.lines():
+        log(f"{name or model_path}: {line}")
+    for m in methods:
+        backbone = m.wrap_model(backbone, ctx)
+    model = head_cls(backbone, task, head_params, dropout)
+    for p in model.new_parameters():
+        p.requires_grad_(True)  # a method may have frozen the backbone; the head always trains
+    return model
+
+
+def build(cfg: ExperimentConfig, checkpoint: Optional[Path] = None, device: str = "auto",
+          log: Callable[[str], None] = _silent) -> Built:
+    """Assemble the model of `cfg`: from its configured model to train, or from a run's `best/`
+    (`checkpoint`) to score, re-applying the same methods before the saved weights load."""
+    requested = cfg.train.device if device == "auto" else device
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ClueRunError("device cuda was asked for, but no CUDA device is available; use auto or cpu")
+    task = get_task(cfg.task)
+    methods = build_methods(cfg.methods)
+    head_cls, head_params = resolve_head(task, cfg.head)
+    check_methods(methods, head_cls, task, head_params)
+    if checkpoint is None:
+        model_path = resolve_model(cfg.model.name)
+        if cfg.model.trim_vocab:
+            model_path = trimmed_model(model_path, task, cfg.data.dir, log)
+    else:
+        model_path = str(checkpoint)
+    tokenizer = load_tokenizer(model_path)
+    ctx = BuildContext(task=task, tokenizer=tokenizer, config=cfg, log=log, training=checkpoint is None)
+    model = model_for(task, model_path, cfg.head, cfg.model.dropout, methods, ctx, cfg.model.allow_random_init,
+                      seed=cfg.train.seed, name=cfg.model.name if checkpoint is None else str(checkpoint),
+                      log=log if checkpoint is None else _silent)
+    featurize, predict = model.featurize, model.predict
+    for m in methods:
+        featurize = m.wrap_featurizer(featurize, ctx)
+        predict = m.wrap_predictor(predict, ctx)
+    if checkpoint is not None:
+        load_best(checkpoint, model)
+    report = model.backbone.load_report
+    dev = pick_device(requested)
+    model.to(dev)
+    return Built(cfg, task, tokenizer, model, methods, model_path, featurize, predict, dev,
+                 autocast_dtype(cfg.train.precision, dev), load_report=report.as_dict() if report else {})

@@ -1,0 +1,70 @@
+"""`best/`: a transformers checkpoint users can take elsewhere, plus what clue-run needs to reload exactly.
+
+- `config.json`, `model.safetensors`, tokenizer files: `AutoModel.from_pretrained(best)` gives the
+  fine-tuned encoder; for the `cls` head `AutoModelForSequenceClassification` gives the same
+  predictions (labels in `id2label`). LoRA runs: merged weights here, the adapter in `adapter/`.
+- `head.safetensors`: weights of heads that live outside the transformers model (span, NER …).
+- `clue_run_state.safetensors`: the whole trained module as clue-run holds it, only for methods
+  whose export differs from it (LoRA unmerged), so a reload scores exactly as the run did.
+
+The directory is written beside as `best.tmp` and swapped in with renames.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from ..errors import ClueRunError
+
+HEAD_FILE = "head.safetensors"
+STATE_FILE = "clue_run_state.safetensors"
+
+
+def _head_state(model) -> dict:
+    return {k: v.detach().contiguous() for k, v in model.state_dict().items() if not k.startswith("backbone.")}
+
+
+def save_best(directory: Path, model, tokenizer, methods) -> None:
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    export = model.backbone.model
+    for m in methods:
+        export = m.export(export)
+    export.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    head = _head_state(model)
+    if head:
+        save_file(head, str(tmp / HEAD_FILE))
+    if any(m.changes_export for m in methods):
+        save_model(model, str(tmp / STATE_FILE))
+    for m in methods:
+        m.save_extra(model, tmp)
+    old = directory.with_name(directory.name + ".old")
+    if directory.exists():
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_best(directory: Path, model) -> None:
+    """Put the saved weights into a model built from the same config (methods already re-applied)."""
+    directory = Path(directory)
+    if (directory / STATE_FILE).is_file():
+        load_model(model, str(directory / STATE_FILE))
+        return
+    expected = set(_head_state(model))
+    if not expected:
+        return  # everything is in the transformers checkpoint the backbone was loaded from
+    if not (directory / HEAD_FILE).is_file():
+        raise ClueRunError(f"{directory}: no {HEAD_FILE} (the head's weights); was the run written by this clue-run?")
+    saved = load_file(str(directory / HEAD_FILE))
+    if set(saved) != expected:
+        raise ClueRunError(f"{directory / HEAD_FILE}: head weights do not match the run's head "
+                           f"(missing {sorted(expected - set(saved))[:3]}, unexpected {sorted(set(saved) - expected)[:3]})")
+    model.load_state_dict(saved, strict=False)

@@ -1,0 +1,92 @@
+"""Dynamic padding, length-grouped batch order, and host → device copies."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .encoded import Encoded, SpanTargets
+
+
+def collate(enc: Encoded, indices: Sequence[int], pad_id: int, pad_multiple: int = 1,
+            targets: bool = True) -> dict[str, torch.Tensor]:
+    """Pad each segment of the chosen items to its longest (rounded up to pad_multiple); with
+    `targets`, also the labels (and NER span grids) that only a loss reads.
+
+    `row_valid` marks real items: the fast path appends filler rows, which losses must ignore.
+    """
+    batch = {}
+    indices = np.asarray(indices)
+    rows = (indices[:, None] * enc.choices + np.arange(enc.choices)).ravel()  # the items' sequences
+    for prefix, seg in enc.segments.items():
+        lengths = seg.lengths[rows]
+        width = -(-int(lengths.max()) // pad_multiple) * pad_multiple
+        input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        types = np.zeros((len(rows), width), dtype=np.int64) if seg.type_ids is not None else None
+        for row, i in enumerate(rows):
+            a, b = seg.offsets[i], seg.offsets[i + 1]
+            input_ids[row, : b - a] = seg.ids[a:b]
+            mask[row, : b - a] = 1
+            if types is not None:
+                types[row, : b - a] = seg.type_ids[a:b]
+        batch[f"{prefix}input_ids"] = torch.from_numpy(input_ids)
+        batch[f"{prefix}attention_mask"] = torch.from_numpy(mask)
+        if types is not None:
+            batch[f"{prefix}token_type_ids"] = torch.from_numpy(types)
+    for key, values in enc.item_arrays.items():
+        batch[key] = torch.from_numpy(values[indices])
+    if targets:
+        batch["labels"] = torch.from_numpy(enc.labels[indices])
+    if targets and enc.spans is not None:
+        batch["span_labels"] = _dense_spans(enc.spans, indices, batch["input_ids"].shape[1])
+    batch["row_valid"] = torch.ones(len(indices), dtype=torch.bool)
+    return batch
+
+
+def _dense_spans(spans: SpanTargets, indices: np.ndarray, width: int) -> torch.Tensor:
+    dense = np.zeros((len(indices), spans.types, width, width), dtype=np.float32)
+    for row, i in enumerate(indices):
+        for kind, start, end in spans.rows[spans.offsets[i] : spans.offsets[i + 1]]:
+            dense[row, kind, start, end] = 1.0
+    return torch.from_numpy(dense)
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Copy a host batch to the device without stalling the host.
+
+    A copy from pageable memory waits for the GPU stream to drain; from pinned memory it is
+    queued, so the next batch is prepared while the GPU still works on this one.
+    """
+    if device.type != "cuda":
+        return batch
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def train_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group_by_length: bool = True,
+                  group_factor: int = 50) -> list[np.ndarray]:
+    """One epoch's batches, a pure function of (seed, epoch) so a resumed run sees the same order.
+
+    Length grouping: shuffle, cut into groups of `group_factor` batches, sort each group by
+    length so a batch pads little, then shuffle the batch order.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    if group_by_length:
+        group = batch_size * group_factor
+        order = np.concatenate([
+            chunk[np.argsort(-lengths[chunk], kind="stable")]
+            for chunk in np.array_split(order, range(group, len(order), group))
+        ])
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if group_by_length:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Longest first (an out-of-memory shows at once); callers restore the original order."""
+    order = np.argsort(-lengths, kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]

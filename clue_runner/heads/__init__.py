@@ -1,0 +1,90 @@
+"""Heads by name (`plugins.HEADS`): the module on top of the backbone, its featurization, loss and
+how outputs become predictions.
+
+A head is built from the backbone, the task and its own parameters (`head:` in the experiment
+config, validated by the head's `Params`). It calls the backbone (`models.backbone.Backbone`),
+never the transformers model directly. Every loss takes the whole batch: the fast path pads
+batches with filler rows (`row_valid` False, labels -100 or NaN) that a loss must not count.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from ..features import Encoded, encode_examples
+from ..plugins import HEADS
+from ..registry import validate_options
+
+MASKED = -1e4  # a choice or position that cannot win (finite: fp32 softmax stays NaN-free)
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Head(nn.Module):
+    Params = Params
+    backbone_kind = "base"  # the backbone kind this head reads (models.backbone.KINDS)
+    output = "hidden"  # what forward returns, for methods that only work on some outputs (R-Drop: class_logits)
+    separate_pairs = False  # bi-encoders tokenize the two texts of a pair on their own
+    needs_labels = True  # False for self-supervised objectives (SimCSE)
+    graphable = True  # batches fit the CUDA-graph fast path's static shapes (one sequence per item)
+
+    def __init__(self, backbone: nn.Module, task, params: Params, dropout: float):
+        super().__init__()
+        self.backbone, self.task, self.params = backbone, task, params
+        self.dropout = nn.Dropout(dropout)
+
+    @classmethod
+    def output_kind(cls, task, params) -> str:
+        return cls.output
+
+    @classmethod
+    def kind_for(cls, task, params, model_config) -> str:
+        """The backbone kind to load for this task and architecture."""
+        return cls.backbone_kind
+
+    def encode(self, batch: dict, prefix: str = "", hidden_states: bool = False):
+        return self.backbone(batch, prefix, hidden_states)
+
+    def new_parameters(self) -> list:
+        """Parameters that start untrained or sit outside the encoder (they get `train.head_lr`)."""
+        own = [p for name, p in self.named_parameters() if not name.startswith("backbone.")]
+        return own + self.backbone.head_parameters()
+
+    def featurize(self, examples, tokenizer, max_length: int, use_cache: bool = True) -> Encoded:
+        """Examples → tokenized items (one per example here; windows or choices in other heads)."""
+        return encode_examples(examples, tokenizer, max_length, self.separate_pairs, use_cache)
+
+    def predict(self, outputs, enc: Optional[Encoded] = None):
+        raise NotImplementedError
+
+
+def head_name(task, head_cfg=None) -> str:
+    return (head_cfg.name if head_cfg is not None and head_cfg.name else None) or task.head
+
+
+def head_options(task, head_cfg=None) -> dict:
+    """The config's head options over the task's defaults for its own head."""
+    name = head_name(task, head_cfg)
+    options = dict(task.head_options) if name == task.head else {}
+    options.update({k: v for k, v in (head_cfg.model_dump() if head_cfg is not None else {}).items() if k != "name"})
+    return options
+
+
+def head_params(name: str, options: dict, where: str = "head") -> Params:
+    return validate_options(HEADS.get(name).Params, options, where, f"head {name!r}")
+
+
+def resolve_head(task, head_cfg=None) -> tuple[type[Head], Params]:
+    """The head class named in the config (else the task's), with its options validated."""
+    name = head_name(task, head_cfg)
+    return HEADS.get(name), head_params(name, head_options(task, head_cfg))
+
+
+def build_head(task, backbone: nn.Module, head_cfg=None, dropout: float = 0.1) -> Head:
+    cls, params = resolve_head(task, head_cfg)
+    return cls(backbone, task, params, dropout)

@@ -1,0 +1,1 @@
+"""Building blocks of heads: GlobalPointer, losses, whitening."""

@@ -1,0 +1,49 @@
+"""The one table of built-in names: every head, method, metric and row parser clue-run ships,
+as "module:object" entries that the registries import on first use.
+
+Adding a built-in = one line here. A task YAML or a config can name anything listed (or added
+by another package through an entry point) without importing it.
+"""
+
+from __future__ import annotations
+
+from .registry import Registry
+
+HEADS: Registry = Registry("head", {
+    "cls": "clue_runner.heads.classification:ClsHead",
+    "embedding": "clue_runner.heads.embedding:EmbeddingHead",
+    "multiple_choice": "clue_runner.heads.choice:MultipleChoiceHead",
+    "span": "clue_runner.heads.span:SpanHead",
+    "global_pointer": "clue_runner.heads.entity:GlobalPointerHead",
+}, "clue_run.heads")
+
+METHODS: Registry = Registry("method", {
+    "fgm": "clue_runner.methods.adversarial:FGM",
+    "rdrop": "clue_runner.methods.regularization:RDrop",
+    "lora": "clue_runner.methods.lora:LoRA",
+}, "clue_run.methods")
+
+METRICS: Registry = Registry("metric", {
+    "accuracy": "clue_runner.metrics.classification:accuracy",
+    "macro_f1": "clue_runner.metrics.classification:macro_f1",
+    "binary_f1": "clue_runner.metrics.classification:binary_f1",
+    "spearman": "clue_runner.metrics.similarity:spearman",
+    "pearson": "clue_runner.metrics.similarity:pearson",
+    "threshold_accuracy": "clue_runner.metrics.similarity:threshold_accuracy",
+    "threshold_f1": "clue_runner.metrics.similarity:threshold_f1",
+    "cmrc_em": "clue_runner.metrics.cmrc:cmrc_em",
+    "cmrc_f1": "clue_runner.metrics.cmrc:cmrc_f1",
+    "entity_precision": "clue_runner.metrics.entity:entity_precision",
+    "entity_recall": "clue_runner.metrics.entity:entity_recall",
+    "entity_f1": "clue_runner.metrics.entity:entity_f1",
+}, "clue_run.metrics")
+
+# Row parsers turn one data row into the item(s) a head tokenizes (`inputs.encoder` in a task YAML).
+PARSERS: Registry = Registry("input encoder", {
+    "text": "clue_runner.data.parsers:parse_text",
+    "wsc_spans": "clue_runner.data.parsers:parse_wsc_spans",
+    "mrc_span": "clue_runner.data.parsers:parse_mrc_span",
+    "multiple_choice": "clue_runner.data.parsers:parse_multiple_choice",
+    "idiom_cloze": "clue_runner.data.parsers:parse_idiom_cloze",
+    "entity_spans": "clue_runner.data.parsers:parse_entity_spans",
+}, "clue_run.parsers")

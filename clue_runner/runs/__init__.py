@@ -1,0 +1,1 @@
+"""Run directories: the versioned run JSON and how runs are named."""

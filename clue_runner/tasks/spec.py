@@ -1,0 +1,154 @@
+"""What a task YAML says: where its files are, which fields are inputs, its label set, its head,
+its metrics and main metric, and how its test predictions are named for the leaderboard.
+
+Names (head, input encoder, metrics) are checked against the built-in table (`plugins`) without
+importing their implementations.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..errors import ConfigError
+from ..plugins import HEADS, METRICS, PARSERS
+from ..registry import did_you_mean
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HubSource(_Strict):
+    path: str  # `datasets` hub path, e.g. "clue"
+    name: Optional[str] = None  # config name, e.g. "afqmc"
+    splits: dict[str, str] = {}  # our split name -> hub split name (default: same)
+
+
+Format = Literal["jsonl", "tsv", "csv", "lines", "squad", "c3"]
+
+
+class SplitFile(_Strict):
+    """A split whose file differs in layout from the task's default (e.g. unlabelled SimCSE text)."""
+
+    file: Union[str, list[str]]  # several files are read one after the other (C3's d + m parts)
+    format: Optional[Format] = None
+    columns: Optional[list[str]] = None  # for `lines`: the field name of the one text (default: inputs.text_a)
+    header: Optional[bool] = None
+    unpaired: bool = False  # rows hold only the first text (unlabelled SimCSE sentences of a pair task)
+    answers: Optional[str] = None  # a separate answer file (official CHID: {blank id: candidate index})
+
+
+class DataSpec(_Strict):
+    dir: str  # relative to the data directory
+    splits: dict[str, Union[str, list[str], SplitFile]]  # split -> file name(s) (may contain {variant}), relative to dir
+    format: Format = "jsonl"  # JSON lines (CLUE), tab- or comma-separated text, or one text per line
+    columns: Optional[list[str]] = None  # field names of delimited files without a header row
+    header: bool = False  # delimited files: the first row names the fields
+    variants: list[str] = []  # e.g. FewCLUE's 0..4, few_all
+    default_variant: Optional[str] = None
+    hub: Optional[HubSource] = None
+
+
+class InputSpec(_Strict):
+    encoder: str = "text"  # a row parser (plugins.PARSERS)
+    text_a: str
+    text_b: Optional[str] = None
+    join: str = "；"  # list-valued fields (CSL keywords) are joined with this
+    options: dict[str, Any] = {}  # encoder-specific settings, e.g. span markers
+
+
+class LabelSpec(_Strict):
+    field: str = "label"
+    # score: a number, e.g. STS-B similarity 0–5; structured: the input encoder gives the gold
+    # (the right choice's index, answer texts, entity spans)
+    kind: Literal["categorical", "score", "structured"] = "categorical"
+    values: list[str] = []  # categorical: label strings exactly as in the data and the submission; NER: entity types
+    range: Optional[tuple[float, float]] = None  # score: allowed [low, high]
+    names: dict[str, str] = {}  # optional human-readable names per value
+    drop: list[str] = []  # rows with these labels are not examples (OCNLI "-"); counted
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.kind == "categorical" and not self.values:
+            raise ValueError("label.values is required for categorical labels")
+        if self.kind == "score" and self.range is None:
+            raise ValueError("label.range is required for score labels")
+        if len(set(self.values)) != len(self.values):
+            raise ValueError("label.values has duplicates")
+        return self
+
+
+class SubmissionSpec(_Strict):
+    file: str  # CLUE 1.1 / FewCLUE file name
+    file_v10: Optional[str] = None  # CLUE 1.0 name where it differs
+    # jsonl_label: {"id", "label": label string} per line; jsonl_index: label = the choice's index;
+    # json_object: one object {test id: answer text or candidate index}; jsonl_entities: CLUENER lines
+    format: Literal["jsonl_label", "jsonl_index", "json_object", "jsonl_entities"] = "jsonl_label"
+
+
+class TaskSpec(_Strict):
+    name: str
+    version: int = Field(ge=1)
+    description: str = ""
+    benchmark: Literal["clue", "fewclue", "sts", "custom"] = "custom"
+    data: DataSpec
+    inputs: InputSpec
+    label: LabelSpec
+    id_field: str = "id"
+    head: str = "cls"
+    head_options: dict[str, Any] = {}  # defaults for the head's own options (a config's head: section wins)
+    prediction: Literal["class", "score"] = "class"  # score: metrics rank a similarity score (STS)
+    metrics: list[str] = Field(min_length=1)
+    main_metric: str
+    submission: Optional[SubmissionSpec] = None
+
+    @model_validator(mode="after")
+    def _names_resolve(self):
+        for registry, name in ((HEADS, self.head), (PARSERS, self.inputs.encoder), *((METRICS, m) for m in self.metrics)):
+            if name not in registry:
+                registry.get(name)  # raises: unknown name, with did-you-mean
+        if self.main_metric not in self.metrics:
+            raise ValueError(f"main_metric {self.main_metric!r} is not one of metrics {self.metrics}")
+        if self.data.variants and self.data.default_variant not in self.data.variants:
+            raise ValueError("data.default_variant must be one of data.variants")
+        return self
+
+    def resolve_variant(self, variant: Optional[str]) -> Optional[str]:
+        if not self.data.variants:
+            if variant is not None:
+                raise ConfigError(f"task {self.name!r} has no split variants (got {variant!r})")
+            return None
+        variant = self.data.default_variant if variant is None else str(variant)
+        if variant not in self.data.variants:
+            raise ConfigError(
+                f"task {self.name!r} has no variant {variant!r}{did_you_mean(variant, self.data.variants)}"
+                f" (choices: {', '.join(self.data.variants)})"
+            )
+        return variant
+
+    def split_file(self, split: str, variant: Optional[str]) -> str:
+        return self.split_layout(split, variant).file
+
+    def split_layout(self, split: str, variant: Optional[str]) -> SplitFile:
+        """File name and layout of a split, with the task's defaults filled in."""
+        if split not in self.data.splits:
+            raise ConfigError(
+                f"task {self.name!r} has no split {split!r}{did_you_mean(split, self.data.splits)}"
+                f" (splits: {', '.join(self.data.splits)})"
+            )
+        entry = self.data.splits[split]
+        entry = entry if isinstance(entry, SplitFile) else SplitFile(file=entry)
+        return SplitFile(
+            file=_with_variant(entry.file, self.resolve_variant(variant)),
+            format=entry.format or self.data.format,
+            columns=entry.columns if entry.columns is not None else self.data.columns,
+            header=entry.header if entry.header is not None else self.data.header,
+            unpaired=entry.unpaired,
+            answers=entry.answers.format(variant=self.resolve_variant(variant)) if entry.answers else None,
+        )
+
+
+def _with_variant(file, variant):
+    return file.format(variant=variant) if isinstance(file, str) else [f.format(variant=variant) for f in file]
