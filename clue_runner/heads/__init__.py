@@ -27,7 +27,8 @@ class Params(BaseModel):
 
 class Head(nn.Module):
     Params = Params
-    backbone_kind = "base"  # the backbone kind this head reads (models.backbone.KINDS)
+    backbone_kind = "base"  # the backbone kind this head prefers (models.backbone.KINDS)
+    requires_kind: Optional[str] = None  # a kind it cannot work without (PET: mlm); None = any kind's hidden states do
     output = "hidden"  # what forward returns, for methods that only work on some outputs (R-Drop: class_logits)
     separate_pairs = False  # bi-encoders tokenize the two texts of a pair on their own
     needs_labels = True  # False for self-supervised objectives (SimCSE)

@@ -3,8 +3,9 @@
 The build (`engine.build`) and the trainer call every method at each hook; a method overrides
 only what it needs. Build time, in this order:
 
-- `backbone_kind`: the pretrained head the backbone must have ("base", "mlm", "pretraining");
-  None = whatever the head needs.
+- `backbone_kind`: the kind of backbone to load ("base": the bare encoder, "mlm", "pretraining");
+  None = whatever the head prefers. Heads read hidden states of any kind (the cls head then uses
+  its own linear layer instead of the architecture's classification head).
 - `wrap_model(backbone, ctx)`: model surgery before the head is built (LoRA injects adapters,
   side networks wrap the backbone). Re-applied when a run is reloaded, before its weights load.
 - `wrap_featurizer(featurize, ctx)` / `wrap_predictor(predict, ctx)`: rewrite examples before
@@ -155,6 +156,6 @@ def check_methods(methods: list[Method], head_cls, task, head_params) -> None:
         problem = m.check(head_cls, task, head_params)
         if problem:
             raise ConfigError(f"methods.{i}: {problem}")
-        if m.backbone_kind and head_cls.backbone_kind not in ("base", m.backbone_kind):
+        if m.backbone_kind and head_cls.requires_kind not in (None, m.backbone_kind):
             raise ConfigError(f"methods.{i}: {m.name} needs a {m.backbone_kind} backbone; "
-                              f"head {head_cls.__name__} reads a {head_cls.backbone_kind} one")
+                              f"head {head_cls.__name__} needs a {head_cls.requires_kind} one")
