@@ -21,6 +21,7 @@ METHODS: Registry = Registry("method", {
     "fgm": "clue_runner.methods.adversarial:FGM",
     "rdrop": "clue_runner.methods.regularization:RDrop",
     "lora": "clue_runner.methods.lora:LoRA",
+    "long_positions": "clue_runner.methods.long_positions:LongPositions",
 }, "clue_run.methods")
 
 METRICS: Registry = Registry("metric", {

@@ -99,6 +99,8 @@ def test_training_moves_the_correlation(head, split, tiny_model, data_dir, tmp_p
     assert [h["step"] for h in history] == [4, 8]
     assert all(np.isfinite(h["train_loss"]) for h in history)
     assert all(-1 <= h["metrics"]["spearman"] <= 1 for h in history)
+    # Identical inputs (a tokenizer that maps every character to [UNK]) would leave it undefined (0.0).
+    assert all(h["metrics"]["spearman"] != 0.0 for h in history)
 
 
 def test_labelled_split_required_unless_self_supervised(tiny_model, data_dir, tmp_path):

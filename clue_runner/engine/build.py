@@ -22,7 +22,7 @@ import torch
 from ..config import ExperimentConfig
 from ..data.parsers import choice_text
 from ..data.splits import SplitData, load_split
-from ..errors import ClueRunError, DataError
+from ..errors import ClueRunError, ConfigError, DataError
 from ..features import Encoded
 from ..heads import Head, resolve_head
 from ..methods import BuildContext, Method, build_methods, check_methods
@@ -134,12 +134,34 @@ def _silent(message: str) -> None:
     pass
 
 
+def check_positions(cfg: ExperimentConfig, model_path: str, methods: list[Method], log: Callable[[str], None]) -> None:
+    """Refuse a `data.max_length` the model's learned position table cannot hold (a hint to long_positions)."""
+    from transformers import AutoConfig
+
+    from ..models.positions import is_rotary, usable_positions
+
+    config = AutoConfig.from_pretrained(model_path)
+    usable = usable_positions(config)
+    extended = max((m.max_positions() or 0 for m in methods), default=0)
+    if usable is None or cfg.data.max_length <= max(usable, extended):
+        return
+    if is_rotary(config):
+        log(f"{cfg.model.name}: rotary positions, no learned table: runs at {cfg.data.max_length} tokens as it is")
+        return
+    raise ConfigError(f"data.max_length {cfg.data.max_length} exceeds the {usable} positions of {cfg.model.name}; "
+                      f"add methods: [{{name: long_positions, max_positions: {cfg.data.max_length}}}] "
+                      "or use a shorter max_length")
+
+
 def model_for(task: TaskSpec, model_path: str, head_cfg=None, dropout: float = 0.1, methods: list[Method] = (),
               ctx: Optional[BuildContext] = None, allow_random_init: bool = False, seed: Optional[int] = None,
-              name: Optional[str] = None, log: Callable[[str], None] = _silent) -> Head:
+              name: Optional[str] = None, log: Callable[[str], None] = _silent,
+              max_length: Optional[int] = None) -> Head:
     """The head module on a backbone loaded from `model_path` as the kind the head and methods need,
     with the methods' model surgery applied."""
     from transformers import AutoConfig
+
+    from ..models.positions import extend_positions, is_rotary
 
     head_cls, head_params = resolve_head(task, head_cfg)
     model_config = AutoConfig.from_pretrained(model_path)
@@ -155,6 +177,8 @@ def model_for(task: TaskSpec, model_path: str, head_cfg=None, dropout: float = 0
         log(f"{name or model_path}: {line}")
     for m in methods:
         backbone = m.wrap_model(backbone, ctx)
+    if max_length is not None and is_rotary(backbone.config):
+        extend_positions(backbone.encoder, max_length)  # sinusoidal, not learned: recomputed exactly
     model = head_cls(backbone, task, head_params, dropout)
     for p in model.new_parameters():
         p.requires_grad_(True)  # a method may have frozen the backbone; the head always trains
@@ -174,6 +198,7 @@ def build(cfg: ExperimentConfig, checkpoint: Optional[Path] = None, device: str 
     check_methods(methods, head_cls, task, head_params)
     if checkpoint is None:
         model_path = resolve_model(cfg.model.name)
+        check_positions(cfg, model_path, methods, log)  # before any cache is written
         if cfg.model.trim_vocab:
             model_path = trimmed_model(model_path, task, cfg.data.dir, log)
     else:
@@ -182,7 +207,7 @@ def build(cfg: ExperimentConfig, checkpoint: Optional[Path] = None, device: str 
     ctx = BuildContext(task=task, tokenizer=tokenizer, config=cfg, log=log, training=checkpoint is None)
     model = model_for(task, model_path, cfg.head, cfg.model.dropout, methods, ctx, cfg.model.allow_random_init,
                       seed=cfg.train.seed, name=cfg.model.name if checkpoint is None else str(checkpoint),
-                      log=log if checkpoint is None else _silent)
+                      log=log if checkpoint is None else _silent, max_length=cfg.data.max_length)
     featurize, predict = model.featurize, model.predict
     for m in methods:
         featurize = m.wrap_featurizer(featurize, ctx)

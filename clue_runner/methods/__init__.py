@@ -90,6 +90,10 @@ class Method:
     def param_groups(self, model) -> list[dict]:
         return []
 
+    def max_positions(self) -> Optional[int]:
+        """Input length the method makes the model hold (long_positions); None = unchanged."""
+        return None
+
     # -- training time
     def prepare(self, model, batches, compute: Callable) -> None:
         pass

@@ -1,0 +1,32 @@
+"""`long_positions`: inputs past a checkpoint's learned position table (see models.positions)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from ..models.positions import extend_positions
+from . import Method, Params
+
+
+class LongPositionsParams(Params):
+    max_positions: int = Field(1024, ge=2, le=262144)
+    mode: Literal["hierarchical", "interpolate", "copy"] = "hierarchical"
+    alpha: float = Field(0.4, gt=0, lt=1, allow_inf_nan=False)  # hierarchical only
+
+
+class LongPositions(Method):
+    Params = LongPositionsParams
+    graphable = True  # the model changes once; the step is the plain one
+    required_on_load = True  # a reload re-applies it (a no-op: the saved config has the new size)
+
+    def wrap_model(self, backbone, ctx):
+        p = self.params
+        note = extend_positions(backbone.encoder, p.max_positions, p.mode, p.alpha)
+        if ctx is not None:
+            ctx.log(f"long_positions: {note}")
+        return backbone
+
+    def max_positions(self) -> int:
+        return self.params.max_positions
