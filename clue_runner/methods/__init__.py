@@ -61,7 +61,6 @@ class Method:
     name = "method"
     owns_loss = False
     graphable = False  # True: no per-step hook, so the CUDA-graph fast path still applies
-    required_on_load = False  # True: the reloaded model needs wrap_model before its weights load
     changes_export = False  # True: export() differs from the trained module (the exact state is saved too)
     accepts: Optional[set[str]] = None  # head outputs it works on (Head.output_kind); None = any
     backbone_kind: Optional[str] = None  # a pretrained head the backbone must have

@@ -19,7 +19,6 @@ class LongPositionsParams(Params):
 class LongPositions(Method):
     Params = LongPositionsParams
     graphable = True  # the model changes once; the step is the plain one
-    required_on_load = True  # a reload re-applies it (a no-op: the saved config has the new size)
 
     def wrap_model(self, backbone, ctx):
         p = self.params

@@ -32,7 +32,6 @@ def default_targets(model_type: str) -> Optional[list[str]]:
 class LoRA(Method):
     Params = LoRAParams
     graphable = True  # only the model changes; the step is the plain one
-    required_on_load = True
     changes_export = True
 
     def wrap_model(self, backbone, ctx):
