@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
@@ -12,22 +13,23 @@ import numpy as np
 import torch
 import yaml
 
-from .config import ExperimentConfig, build_config
+from .config import ExperimentConfig, build_config, load_config
 from .data.splits import Example
-from .engine.build import Built, build, load_task_split
-from .engine.checkpoint import save_best
+from .engine.build import Built, build, load_task_split, threshold_split_data
+from .engine.checkpoint import save_best as save_best_checkpoint
 from .engine.evaluate import predict_logits, score
 from .engine.trainer import Event, Trainer
-from .errors import ClueRunError
+from .errors import ClueRunError, DataError, DiskError, RunError, disk_error_line, is_disk_error
 from .features import encode_examples
-from .runs.naming import model_slug, new_run_dir
-from .runs.result import RESULT_FILE, SCHEMA_VERSION, atomic_write_text, environment, read_result, write_result
+from .runs import rundir
+from .runs.naming import model_slug
+from .runs.result import RESULT_FILE, SCHEMA_VERSION, environment, read_result, write_result
+from .runs.rundir import RunDir
+from .storage import atomic_write_text, kill_point
 from .submit import PREDICTIONS_DIR, format_predictions, predict_file_name
 from .tasks import get_task
 
-CONFIG_FILE = "config.yaml"
-BEST_DIR = "best"
-RESUME_DIR = "resume"
+CONFIG_FILE, BEST_DIR, RESUME_DIR = rundir.CONFIG_FILE, rundir.BEST_DIR, rundir.RESUME_DIR
 
 
 def _log(message: str) -> None:
@@ -39,50 +41,98 @@ def _log(message: str) -> None:
 def _saved_config(run_dir: Path) -> ExperimentConfig:
     path = run_dir / CONFIG_FILE
     if not path.is_file():
-        raise ClueRunError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
-    return build_config(yaml.safe_load(path.read_text(encoding="utf-8")), source=str(path))
+        raise RunError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
+    return load_config(path)
 
 
-def train(cfg: ExperimentConfig, resume: Optional[Path] = None, on_event: Optional[Callable[[Event], None]] = None,
-          log: Callable[[str], None] = _log) -> Path:
+def train(cfg: Optional[ExperimentConfig], resume: Optional[Path] = None,
+          on_event: Optional[Callable[[Event], None]] = None, log: Callable[[str], None] = _log) -> Path:
     """Fine-tune, keep the best checkpoint, write the run JSON; returns the run directory.
 
-    With `resume`, continue an interrupted run from its last saved state (its saved config wins).
+    With `resume`, complete an interrupted run from its last committed state with its saved config
+    (see `runs.rundir` for the protocol that makes every interruption resumable).
     """
     wall_start = time.perf_counter()
-    if resume is not None:
-        resume = Path(resume)
-        if (resume / RESULT_FILE).is_file():
-            raise ClueRunError(f"{resume} already finished (it has {RESULT_FILE}); nothing to resume")
-        if not (resume / RESUME_DIR / "trainer.pt").is_file():
-            raise ClueRunError(f"{resume}: no resume state ({RESUME_DIR}/trainer.pt); was the run started?")
-        cfg = _saved_config(resume)
+    run = RunDir.open(Path(resume)) if resume is not None else None
+    try:
+        if run is not None:
+            if run.finished:  # resuming is idempotent: a finished run only loses its leftovers
+                run.recover()
+                log(f"{run.path} already finished ({RESULT_FILE}); nothing left to resume")
+                return run.path
+            cfg = _saved_config(run.path)
+        prepared = _prepare(cfg, log)  # everything that can fail on bad input, before a run directory exists
+        if run is None:
+            config_text = yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True, sort_keys=False)
+            run = RunDir.create(cfg.output_dir, prepared.task.name, cfg.model.name, cfg.train.seed, config_text)
+        else:
+            run.recover()
+        return _train_in(cfg, run, prepared, on_event, log, wall_start)
+    except OSError as err:
+        if not is_disk_error(err):
+            raise
+        then = f"then continue with `clue-run train --resume {run.path}`" if run is not None else "then run again"
+        raise DiskError(disk_error_line(err, then)) from None
+    finally:
+        if run is not None:
+            run.release()
+
+
+@dataclass
+class _Prepared:
+    task: object
+    built: Built
+    train_data: Optional[object]
+    eval_data: object
+    train_enc: Optional[object]
+    eval_enc: object
+    threshold_enc: Optional[object]
+
+
+def _prepare(cfg: ExperimentConfig, log) -> _Prepared:
     task = get_task(cfg.task)
     trains = cfg.train.max_steps != 0
-
-    # Everything that can fail on bad input happens before the run directory exists.
     train_data = load_task_split(cfg, task, cfg.data.train_split, cfg.data.max_train_examples, training=True) if trains else None
     eval_data = load_task_split(cfg, task, cfg.data.eval_split, cfg.data.max_eval_examples)
+    threshold_data = threshold_split_data(cfg, task, cfg.data.eval_split)
     built = build(cfg, log=log)
-    model = built.model
     train_enc = built.encode(train_data) if trains else None
     eval_enc = built.encode(eval_data)
-    if trains and model.needs_labels and train_enc.unlabelled():
-        raise ClueRunError(f"{train_data.source}: the training split has unlabelled rows")
-    threshold_enc = built.threshold_split(cfg.data.eval_split)
+    if trains and built.model.needs_labels and train_enc.unlabelled():
+        raise DataError(f"{train_data.source}: the training split has unlabelled rows")
+    threshold_enc = built.encode(threshold_data) if threshold_data is not None else None
+    return _Prepared(task, built, train_data, eval_data, train_enc, eval_enc, threshold_enc)
 
-    run_dir = resume or new_run_dir(cfg.output_dir, task.name, cfg.model.name, cfg.train.seed)
-    if resume is None:
-        atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True, sort_keys=False))
+
+def _train_in(cfg: ExperimentConfig, run: RunDir, prepared: _Prepared, on_event, log, wall_start) -> Path:
+    task, built = prepared.task, prepared.built
+    train_data, eval_data, train_enc, eval_enc = prepared.train_data, prepared.eval_data, prepared.train_enc, prepared.eval_enc
+    threshold_enc = prepared.threshold_enc
+    trains = train_enc is not None
+    model = built.model
+    run_dir = run.path
     eval_seconds = []
 
     def evaluate() -> dict:
         logits, seconds = built.logits(eval_enc)
         eval_seconds.append(seconds)
+        kill_point("evaluated")
         return score(task, built.predict, logits, eval_enc, built.calibration(threshold_enc))
 
+    def save_best() -> None:
+        best = trainer.state.best
+        save_best_checkpoint(run.best, model, built.tokenizer, built.methods, best)
+
     trainer = Trainer(model, model.loss, built.methods, train_enc, evaluate, task.main_metric, cfg.train,
-                      built.tokenizer.pad_token_id, built.device, resume_dir=run_dir / RESUME_DIR)
+                      built.tokenizer.pad_token_id, built.device, resume_dir=run.resume)
+    best = trainer.state.best
+    if best is not None and run.best_step() != best["step"]:
+        # Killed after the commit that made this step best, before best/ was swapped in: the
+        # committed weights are that step's (see runs.rundir), so best/ is written from them.
+        if best["step"] != trainer.state.step:
+            raise RunError(f"{run.best}: holds step {run.best_step()}, the run's best is step {best['step']} "
+                           "and its weights are no longer saved; start the run again")
+        save_best()
     counts = built.parameter_counts()
     log(f"[bold]{task.name}[/] · {cfg.model.name} · {cfg.method_label()} · seed {cfg.train.seed} · "
         f"{len(train_enc) if trains else 0} train / {len(eval_enc)} {cfg.data.eval_split} examples · "
@@ -95,11 +145,13 @@ def train(cfg: ExperimentConfig, resume: Optional[Path] = None, on_event: Option
             log(f"step {rec['step']} epoch {rec['epoch']:.2f} {loss}{shown}"
                 + (" [green]best[/]" if event.improved else ""))
             if event.improved:
-                save_best(run_dir / BEST_DIR, model, built.tokenizer, built.methods)
+                save_best()
         if on_event is not None:
             on_event(event)
 
     state = trainer.state
+    if not eval_seconds:  # resumed after the last checkpoint: time one evaluation for the throughput
+        eval_seconds.append(built.logits(eval_enc)[1])
     result = {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_dir.name,
@@ -127,7 +179,7 @@ def train(cfg: ExperimentConfig, resume: Optional[Path] = None, on_event: Option
     }
     write_result(run_dir, result)
     # The resume state (optimizer moments: twice the model) is only needed until the result exists.
-    shutil.rmtree(run_dir / RESUME_DIR, ignore_errors=True)
+    shutil.rmtree(run.resume, ignore_errors=True)
     best = state.best["metrics"][task.main_metric]
     log(f"best {task.main_metric} {best:.4f} at step {state.best['step']} → {run_dir / RESULT_FILE}")
     return run_dir

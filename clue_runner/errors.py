@@ -1,4 +1,14 @@
-"""Errors that the CLI turns into one clear line and a non-zero exit."""
+"""Errors that the CLI turns into one clear line and a non-zero exit (`cli.app.friendly_errors`).
+
+One type per failure class: ConfigError (the experiment config, --set), DataError (data files and
+rows), ModelError (checkpoints), RunError (a run directory's state), DiskError (writing), SubmitError.
+"""
+
+import errno
+
+# Errors of the file system a user fixes by freeing space or choosing another directory.
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
 
 
 class ClueRunError(Exception):
@@ -15,3 +25,35 @@ class DataError(ClueRunError):
 
 class ModelError(ClueRunError):
     pass
+
+
+class RunError(ClueRunError):
+    """A run directory that cannot be used as asked (finished, locked by another process, not a run)."""
+
+
+class DiskError(ClueRunError):
+    """Writing failed (full, read-only or forbidden file system); nothing half-written was left."""
+
+
+class SubmitError(ClueRunError):
+    """Predictions that a leaderboard would refuse."""
+
+
+def is_disk_error(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno in DISK_ERRNOS
+
+
+def disk_error_line(err: OSError, then: str = "then run again") -> str:
+    """One line for a failed write: which path, why, what to do."""
+    where = err.filename or "a file"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free space there or point output_dir / CLUE_RUN_CACHE at another disk"
+    else:
+        fix = "make it writable or point output_dir / CLUE_RUN_CACHE at a writable directory"
+    return f"cannot write {where}: {err.strerror or os_strerror(err.errno)}; nothing half-written was kept; {fix}, {then}"
+
+
+def os_strerror(code) -> str:
+    import os
+
+    return os.strerror(code) if code else "write failed"

@@ -11,8 +11,6 @@ that are where they say in the test text).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from collections import defaultdict
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ from typing import Optional
 from .data.splits import Example, load_split
 from .errors import ClueRunError
 from .runs.result import read_result
+from .storage import atomic_file
 from .tasks import TaskSpec, get_task
 
 CLUE_VERSIONS = ("1.1", "1.0")
@@ -284,18 +283,9 @@ def _board_problems(entries: list[Entry], fewclue_split: Optional[str]) -> list[
 
 def _write_zip(entries: list[Entry], out: Path) -> None:
     """Write to a temporary file beside `out`, then rename: a failure leaves no partial zip."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            for e in entries:
-                zf.write(e.source, arcname=e.name)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(out) as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for e in entries:
+            zf.write(e.source, arcname=e.name)
 
 
 def pack_submission(run_dirs: list[Path], out: Path, clue_version: str = "1.1",

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..errors import ClueRunError
+from ..errors import ClueRunError, disk_error_line, is_disk_error
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune and score Chinese encoders on CLUE-style tasks.")
 tasks_app = typer.Typer(no_args_is_help=True, help="List and inspect the task registry.")
@@ -29,11 +29,14 @@ def friendly_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except ClueRunError as e:
-            if os.environ.get(DEBUG_ENV):
+        except (ClueRunError, OSError) as e:
+            if os.environ.get(DEBUG_ENV) or (isinstance(e, OSError) and not is_disk_error(e)):
                 raise
-            # Escaped: paths, labels and WSC markers contain square brackets that rich would eat.
-            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            message = str(e) if isinstance(e, ClueRunError) else disk_error_line(e)
+            # ONE line (the README's promise): a multi-line message is joined; escaped, as paths,
+            # labels and WSC markers contain square brackets that rich would eat.
+            one_line = "; ".join(part.strip(" -") for part in message.splitlines() if part.strip())
+            err.print(f"[bold red]error:[/] {escape(one_line)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
 
     return wrapper

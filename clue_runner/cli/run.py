@@ -119,7 +119,7 @@ def encode(
     from .. import api
     from ..data.readers import read_json_lines
     from ..data.readers import read_lines
-    from ..runs.result import atomic_write_bytes
+    from ..storage import atomic_write_bytes
 
     if not input_file.is_file():
         raise ClueRunError(f"input file not found: {input_file}")

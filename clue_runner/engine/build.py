@@ -68,10 +68,8 @@ class Built:
         return enc.targets, self.predict(torch.from_numpy(self.logits(enc)[0]), enc)
 
     def threshold_split(self, scored_split: str, data_dir: Optional[str] = None) -> Optional[Encoded]:
-        split = self.cfg.data.threshold_split
-        if split in (None, scored_split):
-            return None
-        return self.encode(load_task_split(self.cfg, self.task, split, data_dir=data_dir))
+        data = threshold_split_data(self.cfg, self.task, scored_split, data_dir)
+        return self.encode(data) if data is not None else None
 
     def logits(self, enc: Encoded) -> tuple[np.ndarray, float]:
         if (self.graphed is None and self.device.type == "cuda" and self.cfg.train.cuda_graphs
@@ -86,6 +84,15 @@ def load_task_split(cfg: ExperimentConfig, task: TaskSpec, split: str, limit=Non
     return load_split(task, split, data_dir=data_dir or cfg.data.dir, variant=cfg.data.variant,
                       on_bad_row=on_bad_row or cfg.data.on_bad_row, source=cfg.data.source, limit=limit,
                       training=training)
+
+
+def threshold_split_data(cfg: ExperimentConfig, task: TaskSpec, scored_split: str,
+                         data_dir: Optional[str] = None) -> Optional[SplitData]:
+    """The split threshold metrics fit their threshold on (None: the scored split itself)."""
+    split = cfg.data.threshold_split
+    if split in (None, scored_split):
+        return None
+    return load_task_split(cfg, task, split, data_dir=data_dir)
 
 
 def task_texts(task: TaskSpec, data_dir: Optional[str]) -> list[str]:

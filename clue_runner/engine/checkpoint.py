@@ -7,49 +7,50 @@
 - `clue_run_state.safetensors`: the whole trained module as clue-run holds it, only for methods
   whose export differs from it (LoRA unmerged), so a reload scores exactly as the run did.
 
-The directory is written beside as `best.tmp` and swapped in with renames.
+- `clue_run_best.json`: the step, epoch and metrics this checkpoint is the best of (written last).
+
+The directory is written beside and swapped in with renames (`storage.atomic_dir`).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
+import json
 from pathlib import Path
+from typing import Optional
 
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from ..errors import ClueRunError
+from ..storage import atomic_dir, kill_point
 
 HEAD_FILE = "head.safetensors"
 STATE_FILE = "clue_run_state.safetensors"
+BEST_MARKER = "clue_run_best.json"
 
 
 def _head_state(model) -> dict:
     return {k: v.detach().contiguous() for k, v in model.state_dict().items() if not k.startswith("backbone.")}
 
 
-def save_best(directory: Path, model, tokenizer, methods) -> None:
-    directory = Path(directory)
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    export = model.backbone.model
-    for m in methods:
-        export = m.export(export)
-    export.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    head = _head_state(model)
-    if head:
-        save_file(head, str(tmp / HEAD_FILE))
-    if any(m.changes_export for m in methods):
-        save_model(model, str(tmp / STATE_FILE))
-    for m in methods:
-        m.save_extra(model, tmp)
-    old = directory.with_name(directory.name + ".old")
-    if directory.exists():
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
+def save_best(directory: Path, model, tokenizer, methods, best: Optional[dict] = None) -> None:
+    """Write the checkpoint beside `directory` and swap it in whole; `best` (step, epoch, metrics) names it."""
+    with atomic_dir(directory) as tmp:
+        export = model.backbone.model
+        for m in methods:
+            export = m.export(export)
+        export.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        head = _head_state(model)
+        if head:
+            save_file(head, str(tmp / HEAD_FILE))
+        if any(m.changes_export for m in methods):
+            save_model(model, str(tmp / STATE_FILE))
+        for m in methods:
+            m.save_extra(model, tmp)
+        if best is not None:
+            (tmp / BEST_MARKER).write_text(json.dumps(best, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        kill_point("best-written")
+    kill_point("best-saved")
 
 
 def load_best(directory: Path, model) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +23,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transformers import get_linear_schedule_with_warmup
 
 from ..features import Encoded, collate, to_device, train_batches
+from ..storage import atomic_save, kill_point
 from .cuda_graphs import GraphedTrainStep, StaticBatcher
+
+RESUME_FILE = "trainer.pt"
 
 
 def seed_everything(seed: int) -> None:
@@ -116,7 +118,7 @@ class Trainer:
         if self.fast_path:
             self.graph_step = GraphedTrainStep(model, loss_fn, self.optimizer, cfg.max_grad_norm, self.amp)
             self.static_batch = StaticBatcher(train_data, pad_id, cfg.batch_size)
-        if resume_dir is not None and (resume_dir / "trainer.pt").is_file():
+        if resume_dir is not None and (resume_dir / RESUME_FILE).is_file():
             self._load(resume_dir)
 
     def _epoch_batches(self) -> Iterator[dict]:
@@ -179,6 +181,8 @@ class Trainer:
         if self.total_steps == 0:  # nothing to train, so nothing to resume either
             yield self._eval()
             return
+        if state.stopped_early:  # resumed after the early stop was saved: nothing left to train
+            return
         with _progress() as progress:
             bar = progress.add_task("train", total=self.total_steps, completed=state.step)
             self._mark()
@@ -189,6 +193,7 @@ class Trainer:
                     epoch_end = bi + 1 == len(batches)
                     boundary = (bi + 1 - first) % cfg.grad_accum == 0 or epoch_end
                     self._train_on(batches[bi], boundary, scale)
+                    kill_point("train-batch")
                     state.batch_in_epoch = bi + 1
                     if not boundary:
                         continue
@@ -285,13 +290,11 @@ class Trainer:
     # -- resume ---------------------------------------------------------------------------
 
     def _save(self, directory: Optional[Path]) -> None:
+        """Resume state as ONE file replaced atomically: the commit point of a checkpoint."""
         if directory is None:
             return
-        tmp = directory.with_name(directory.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         self.state.pending_loss = float(self._loss_sum)
-        torch.save({
+        saved = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -302,15 +305,12 @@ class Trainer:
                 "numpy": np.random.get_state(),
                 "python": random.getstate(),
             },
-        }, tmp / "trainer.pt")
-        old = directory.with_name(directory.name + ".old")
-        if directory.exists():
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
+        }
+        atomic_save(directory / RESUME_FILE, lambda fh: torch.save(saved, fh))
+        kill_point("checkpoint-saved")
 
     def _load(self, directory: Path) -> None:
-        saved = torch.load(directory / "trainer.pt", map_location="cpu", weights_only=False)
+        saved = torch.load(directory / RESUME_FILE, map_location="cpu", weights_only=False)
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from ..paths import cache_root
+from ..storage import atomic_save, kill_point
 from .encoded import Encoded, Segment
 
 TOKENIZE_CHUNK = 2048
@@ -49,11 +48,8 @@ def cached_arrays(key: str, build: Callable[[], dict[str, np.ndarray]], use_cach
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
     arrays = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    with os.fdopen(fd, "wb") as fh:
-        np.savez(fh, **arrays)
-    os.replace(tmp, path)
+    kill_point("tokenized")
+    atomic_save(path, lambda fh: np.savez(fh, **arrays))
     return arrays
 
 

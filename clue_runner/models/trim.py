@@ -14,7 +14,6 @@ WordPiece's greedy matching has no such guarantee for words that end up as [UNK]
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass

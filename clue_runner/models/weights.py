@@ -1,17 +1,13 @@
-"""Writing model weights: dtypes by name, safetensors files, and whole directories swapped in atomically."""
+"""Writing model weights: dtypes by name, safetensors files (directories are swapped in by `storage.atomic_dir`)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ModelError
+from ..storage import atomic_dir  # noqa: F401  (the one atomic writer; model code imports it from here too)
 
 
 def torch_dtype(name: str):
@@ -35,25 +31,3 @@ def save_safetensors(state_dict: dict, path: Path, dtype: str) -> None:
         value = torch.from_numpy(value) if isinstance(value, np.ndarray) else value
         tensors[name] = (value.to(target) if value.is_floating_point() else value).contiguous()
     save_file(tensors, str(path), metadata={"format": "pt"})
-
-
-@contextmanager
-def atomic_dir(out_dir) -> Iterator[Path]:
-    """Yield a temporary sibling of `out_dir` to fill; on success it replaces `out_dir` by renames.
-
-    A killed process leaves at most a hidden `.NAME.*.partial` sibling, never a half-written `out_dir`.
-    """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-    try:
-        yield tmp
-        if out_dir.exists():
-            old = tmp.with_suffix(".old")
-            os.rename(out_dir, old)
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

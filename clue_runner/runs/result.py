@@ -3,41 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from ..errors import ClueRunError
+from ..storage import atomic_write_text, kill_point
 
 SCHEMA_VERSION = 1
 RESULT_FILE = "run.json"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file and a rename: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_result(run_dir: Path, result: dict) -> Path:
     path = run_dir / RESULT_FILE
     atomic_write_text(path, json.dumps(result, ensure_ascii=False, indent=2) + "\n")
+    kill_point("result-written")
     return path
 
 

@@ -1,0 +1,108 @@
+"""A run directory and its commit protocol: at every instant it is a consistent state that
+`clue-run train --resume` completes.
+
+    config.yaml        written once, inside a hidden staging directory renamed into place: a
+                       run directory that exists always has its config
+    resume/trainer.pt  THE commit point of a checkpoint (one file, replaced atomically): model,
+                       optimizer, RNG, data position, history and which step is best
+    best/              the best step's checkpoint, swapped in as a whole right after the commit
+                       that names it; `best/clue_run_best.json` says which step it holds
+    predictions/, run.json   atomic files; run.json last: the run is finished when it exists
+    .lock              flock held by the one process working on the run
+
+Recovery on resume (`RunDir.recover` + `best_is_stale`): an interrupted `best/` swap is rolled
+back, leftovers of killed writers are removed, and a `best/` older than the committed state is
+saved again from the committed weights (they are the best step's weights: best/ is only ever
+behind when the commit that made it best is the last one). No resume state at all means the run
+was killed before its first checkpoint: it starts over in the same directory.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Optional
+
+from ..errors import RunError
+from ..engine.checkpoint import BEST_MARKER
+from ..engine.trainer import RESUME_FILE
+from ..storage import DirLock, Locked, atomic_write_text, kill_point, finish_dir_swap, remove_stale_tmp, swap_dir_in, tmp_sibling
+from .naming import new_run_dir
+from .result import RESULT_FILE
+
+CONFIG_FILE = "config.yaml"
+BEST_DIR = "best"
+RESUME_DIR = "resume"
+PREDICTIONS_DIR = "predictions"
+
+
+class RunDir:
+    def __init__(self, path: Path, lock: DirLock):
+        self.path, self._lock = Path(path), lock
+
+    @property
+    def best(self) -> Path:
+        return self.path / BEST_DIR
+
+    @property
+    def resume(self) -> Path:
+        return self.path / RESUME_DIR
+
+    @classmethod
+    def create(cls, output_dir: str, task: str, model: str, seed: int, config_text: str) -> "RunDir":
+        """A new run directory holding its config, locked by this process."""
+        final = new_run_dir(output_dir, task, model, seed)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_tmp(final.parent)  # staging directories of creators killed before the rename
+        staging = tmp_sibling(final, "partial")
+        staging.mkdir()
+        try:
+            atomic_write_text(staging / CONFIG_FILE, config_text)
+            kill_point("config-written")
+            lock = DirLock(staging)  # the lock travels with the rename (same open file)
+            swap_dir_in(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return cls(final, lock)
+
+    @classmethod
+    def open(cls, path: Path) -> "RunDir":
+        """An existing, unfinished run directory, locked by this process."""
+        path = Path(path)
+        if not (path / CONFIG_FILE).is_file():
+            raise RunError(f"{path}: not a run directory (no {CONFIG_FILE}); give a directory `clue-run train` created")
+        try:
+            lock = DirLock(path)
+        except Locked:
+            raise RunError(f"{path}: another clue-run process is working on this run (it holds {path / '.lock'}); "
+                           "wait for it to finish or stop it") from None
+        return cls(path, lock)
+
+    @property
+    def finished(self) -> bool:
+        return (self.path / RESULT_FILE).is_file()
+
+    def has_resume_state(self) -> bool:
+        return (self.resume / RESUME_FILE).is_file()
+
+    def recover(self) -> None:
+        """Undo what a killed process left half-done (see the module docstring)."""
+        finish_dir_swap(self.best)
+        for d in (self.path, self.resume, self.path / PREDICTIONS_DIR):
+            remove_stale_tmp(d)
+        if self.finished:  # killed after run.json, before the resume state was removed
+            shutil.rmtree(self.resume, ignore_errors=True)
+        elif not self.has_resume_state():  # killed before the first checkpoint: start over
+            for d in (self.best, self.resume, self.path / PREDICTIONS_DIR):
+                shutil.rmtree(d, ignore_errors=True)
+
+    def best_step(self) -> Optional[int]:
+        try:
+            return json.loads((self.best / BEST_MARKER).read_text(encoding="utf-8"))["step"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def release(self) -> None:
+        self._lock.release()
