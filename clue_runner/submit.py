@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from .data.splits import Example, load_split
-from .errors import ClueRunError
+from .errors import ClueRunError, SubmitError
 from .runs.result import read_result
 from .storage import atomic_file
 from .tasks import TaskSpec, get_task
@@ -87,7 +87,7 @@ def format_predictions(task: TaskSpec, examples: list[Example], preds) -> str:
         if fmt == "jsonl_label":
             records.append({"id": ex.id, "label": task.label.values[p]})
         elif fmt == "jsonl_index":
-            records.append({"id": ex.id, "label": int(p)})
+            records.append({"id": ex.id, _submission(task).key: int(p)})
         else:  # jsonl_entities: the test line with its entities
             label: dict = {}
             for kind, start, end in sorted(p):
@@ -107,9 +107,9 @@ def _line_problem(task: TaskSpec, text: str, example: Optional[Example]) -> Opti
         obj = json.loads(text)
     except json.JSONDecodeError as err:
         return "invalid JSON", f"not valid JSON ({err.msg} at column {err.colno})"
-    fmt = task.submission.format
-    keys = {"id", "label"} | ({"text"} if fmt == "jsonl_entities" else set())
-    if not isinstance(obj, dict) or not {"id", "label"} <= set(obj) <= keys:
+    fmt, key = task.submission.format, task.submission.key
+    keys = {"id", key} | ({"text"} if fmt == "jsonl_entities" else set())
+    if not isinstance(obj, dict) or not {"id", key} <= set(obj) <= keys:
         got = ", ".join(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
         return "wrong keys", f"needs exactly the keys {_keys_text(keys)} (got: {got})"
     # The scorer compares line by line; ids are compared as text since 0 and "0" name the same row.
@@ -117,10 +117,10 @@ def _line_problem(task: TaskSpec, text: str, example: Optional[Example]) -> Opti
         return ("ids out of test order",
                 f"id {obj['id']!r} where the test file has {example.id!r} (ids must follow the test file order)")
     if fmt == "jsonl_index":
-        return _index_problem(obj["label"], example)
+        return _index_problem(obj[key], example, key)
     if fmt == "jsonl_entities":
-        return _entities_problem(task, obj["label"], example)
-    return _label_problem(task, obj["label"])
+        return _entities_problem(task, obj[key], example)
+    return _label_problem(task, obj[key])
 
 
 def _keys_text(keys: set[str]) -> str:
@@ -128,10 +128,10 @@ def _keys_text(keys: set[str]) -> str:
     return ", ".join(names[:-1]) + " and " + names[-1]
 
 
-def _index_problem(label, example: Optional[Example]) -> Optional[tuple[str, str]]:
+def _index_problem(label, example: Optional[Example], key: str = "label") -> Optional[tuple[str, str]]:
     count = len(example.extra["choices"]) if example is not None else None
     if not isinstance(label, int) or isinstance(label, bool) or label < 0 or (count is not None and label >= count):
-        return "bad choice indices", f"label {label!r} is not a choice index (0–{count - 1 if count else '?'})"
+        return "bad choice indices", f"{key} {label!r} is not a choice index (0–{count - 1 if count else '?'})"
     return None
 
 
@@ -288,9 +288,27 @@ def _write_zip(entries: list[Entry], out: Path) -> None:
             zf.write(e.source, arcname=e.name)
 
 
+def _missing_fewclue_tasks(entries: list[Entry]) -> list[str]:
+    """FewCLUE tasks with a submission format that the zip lacks (its board scores all nine)."""
+    from .tasks import builtin_task_names
+
+    if not entries or {e.task.benchmark for e in entries} != {"fewclue"}:
+        return []
+    board = [n for n in builtin_task_names() if get_task(n).benchmark == "fewclue" and get_task(n).submission]
+    have = {e.task.name for e in entries}
+    return [n for n in board if n not in have]
+
+
 def pack_submission(run_dirs: list[Path], out: Path, clue_version: str = "1.1",
-                    fewclue_split: Optional[str] = None, data_dir: Optional[str] = None) -> list[Entry]:
-    """Validate every run's predictions and zip them; on any problem raise with the full list, write nothing."""
+                    fewclue_split: Optional[str] = None, data_dir: Optional[str] = None,
+                    partial: bool = False) -> list[Entry]:
+    """Validate every run's predictions and zip them; on any problem raise with the full list, write nothing.
+
+    A FewCLUE zip must hold all of the board's tasks unless `partial` (the board averages all nine,
+    so a zip with one task scores as if the others were 0); CLUE accepts a subset of tasks."""
+    out = Path(out)
+    if out.is_dir():
+        raise SubmitError(f"-o {out}: is a directory; give the zip's file name, e.g. {out / 'submission.zip'}")
     if clue_version not in CLUE_VERSIONS:
         raise ClueRunError(f"--clue-version {clue_version!r}: choose 1.1 or 1.0")
     if fewclue_split is not None and fewclue_split not in FEWCLUE_SPLITS:
@@ -311,8 +329,13 @@ def pack_submission(run_dirs: list[Path], out: Path, clue_version: str = "1.1",
         problems += validate_prediction_file(entry.task, entry.source, data_dir or entry.data_dir, entry.name,
                                              name=entry.name)
     problems += _board_problems(entries, fewclue_split)
+    missing = _missing_fewclue_tasks(entries) if not partial else []
+    if missing:
+        problems.append(f"the FewCLUE board scores {len(missing) + len({e.task.name for e in entries})} tasks and "
+                        f"this zip lacks {len(missing)} ({', '.join(missing)}); add their runs, or pass --partial "
+                        "to submit a subset")
     if problems:
-        listed = "\n".join(f"  - {p}" for p in problems)
-        raise ClueRunError(f"submission not written:\n{listed}")
-    _write_zip(entries, Path(out))
+        raise SubmitError(f"submission not written ({len(problems)} problem{'s' if len(problems) > 1 else ''}): "
+                          + " | ".join(problems))
+    _write_zip(entries, out)
     return entries

@@ -12,6 +12,7 @@ from clue_runner import api
 from clue_runner.cli import app
 from clue_runner.config import build_config
 from clue_runner.data.readers import find_file, read_json_lines
+from clue_runner.data.splits import load_split
 from clue_runner.errors import ClueRunError
 from clue_runner.submit import pack_submission, submission_name, validate_prediction_file
 from clue_runner.tasks import get_task
@@ -188,7 +189,7 @@ def test_submit_writes_a_validated_zip(runs, tmp_path):
 
 def test_submit_fewclue_multi_split_names(runs, tmp_path):
     out = tmp_path / "few.zip"
-    code, output = submit("--run", runs["eprstmt"], "--fewclue-split", "0", "-o", out)
+    code, output = submit("--run", runs["eprstmt"], "--fewclue-split", "0", "--partial", "-o", out)
     assert code == 0, output
     assert zipfile.ZipFile(out).namelist() == ["eprstmt_predict_0.json"]
     with pytest.raises(ClueRunError, match="trained on FewCLUE split '0', not on split 'all'"):
@@ -226,10 +227,10 @@ def test_submit_without_predictions_says_what_to_run(runs, tmp_path):
 def test_chid_object_needs_every_blank_and_candidate_indices(data_root, tmp_path):
     task = get_task("fewclue_chid")
     rows = read_test_rows(task, data_root)
-    good = [{"id": r["id"], "label": 0} for r in rows]
+    good = [{"id": r["id"], "answer": 0} for r in rows]  # the official key (FewCLUE chidf_predict.json)
     assert check(task, write_jsonl(tmp_path / "chidf_predict.json", good), data_root) == []
-    good[3]["label"] = 7  # 7 candidates: indices 0–6
-    good[4]["label"] = "0"
+    good[3]["answer"] = 7  # 7 candidates: indices 0–6
+    good[4]["answer"] = "0"
     problems = check(task, write_jsonl(tmp_path / "chidf_predict.json", good), data_root)
     assert [p.split(": ", 2)[1] for p in problems] == ["line 4", "line 5"]
     assert all("is not a choice index (0–6)" in p for p in problems)
@@ -263,3 +264,41 @@ def test_cluener_entities_must_match_the_test_text(data_root, tmp_path):
     problems = check(task, write_jsonl(tmp_path / "cluener_predict.json", lines), data_root)
     assert "line 2: address: '不在这里' at [0, 3] does not match the test text" in problems[0]
     assert "line 3: unknown entity type 'person'" in problems[1]
+
+
+# -- the official FewCLUE example lines ------------------------------------------------------
+
+OFFICIAL = json.loads((Path(__file__).with_name("fixtures") / "fewclue_submit_examples.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL["lines"]))
+def test_written_lines_have_the_official_shape(name, data_root):
+    """Key names and value types of what `predict` writes = the official example files' (ids as the test file has them)."""
+    from clue_runner.submit import _line_problem, format_predictions
+
+    task = get_task(name)
+    official = [json.loads(line) for line in OFFICIAL["lines"][name]]
+    for line in OFFICIAL["lines"][name]:
+        assert _line_problem(task, line, None) is None, line  # the validator accepts the official lines
+    examples = load_split(task, "test", data_dir=str(data_root)).examples[:2]
+    written = [json.loads(x) for x in format_predictions(task, examples, [0, 1]).splitlines()]
+    for ours, theirs, ex in zip(written, official, examples):
+        assert set(ours) == set(theirs)
+        value_key = task.submission.key
+        assert type(ours[value_key]) is type(theirs[value_key])  # label string / choice index
+        assert ours["id"] == ex.id  # the test file's id, unchanged (int in most, as the examples)
+
+
+def test_submit_output_that_is_a_directory_is_one_line(runs, tmp_path):
+    code, output = submit("--run", runs["eprstmt"], "--partial", "-o", tmp_path)
+    assert code == 2 and output.count("\n") <= 1
+    assert "is a directory; give the zip's file name" in output
+
+
+def test_fewclue_zip_with_one_task_needs_partial(runs, tmp_path):
+    out = tmp_path / "few.zip"
+    code, output = submit("--run", runs["eprstmt"], "-o", out)
+    assert code == 2 and not out.exists()
+    assert "lacks 8 (fewclue_bustm, fewclue_chid" in output and "--partial" in output
+    code, _ = submit("--run", runs["eprstmt"], "--partial", "-o", out)
+    assert code == 0 and out.exists()

@@ -103,11 +103,12 @@ def submit(
     clue_version: str = typer.Option("1.1", "--clue-version", help="CLUE file names: 1.1 (default) or 1.0."),
     fewclue_split: Optional[str] = typer.Option(None, "--fewclue-split", help="FewCLUE multi-split board: 0-4 or all (names <task>_predict_<x>.json)."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where the test files are (default: each run's data directory)."),
+    partial: bool = typer.Option(False, "--partial", help="Allow a FewCLUE zip without all of the board's tasks."),
 ):
     """Validate runs' test predictions and pack them into a leaderboard zip (nothing is written if any check fails)."""
     from ..submit import pack_submission
 
-    entries = pack_submission(run, output, clue_version, fewclue_split, data_dir)
+    entries = pack_submission(run, output, clue_version, fewclue_split, data_dir, partial)
     table = Table(title=f"{output} · {len(entries)} file(s), all checks passed")
     for col in ("file", "task", "predictions", "run"):
         table.add_column(col, justify="right" if col == "predictions" else "left")

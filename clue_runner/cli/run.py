@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from ..errors import ClueRunError
+from ..errors import ClueRunError, ConfigError
 from .app import app, friendly_errors, model_app, out, tasks_app
 
 def _metrics_table(title: str, rows: list[tuple[str, dict]]) -> Table:
@@ -36,6 +36,10 @@ def train(
     from ..config import load_config
 
     if resume is not None:
+        given = [flag for flag, value in (("--config", config), ("--set", set_), ("--seeds", seeds)) if value]
+        if given:  # refused, not ignored: a resumed run must train exactly as it started
+            raise ConfigError(f"--resume continues {resume} with its saved config ({resume / 'config.yaml'}); "
+                              f"drop {', '.join(given)}, or start a new run without --resume")
         run_dirs = [api.train(None, resume=resume)]
     else:
         if config is None:

@@ -3,7 +3,10 @@ for the sentence-matching sets, and whole JSON documents (SQuAD-style CMRC2018, 
 data directory and a split's file are.
 
 Every reader yields (location, row dict), so errors can name `path:location`: the line number in
-a text file, the path inside a JSON document.
+a text file, the path inside a JSON document. A line that is no row (invalid JSON, an array,
+null, bytes that are not UTF-8) is yielded as a `BadRow`, which `data.on_bad_row` skips or refuses
+like any other bad row; a damaged file (truncated or corrupt gzip, a plain file named .gz) stops
+with one DataError naming the file and the line reached.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import csv
 import gzip
 import json
 import os
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -21,13 +26,63 @@ from ..registry import did_you_mean
 DATA_DIR_ENV = "CLUE_DATA_DIR"
 BOM = "\ufeff"
 
-Rows = Iterator[tuple[int | str, dict]]
+Rows = Iterator[tuple[int | str, "dict | BadRow"]]
 
 
-def _open_text(path: Path):
-    # utf-8-sig drops a BOM at the start of the file; newline="" is what the csv module expects.
-    opener = gzip.open if str(path).endswith(".gz") else open
-    return opener(path, "rt", encoding="utf-8-sig", newline="")
+@dataclass
+class BadRow:
+    """A line that could not be read as a row."""
+
+    problem: str
+
+
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")
+
+
+def _damaged(path: Path, err: BaseException, line_no: int) -> DataError:
+    if isinstance(err, gzip.BadGzipFile) or (isinstance(err, OSError) and "gzip" in str(err).lower()):
+        what = "is not a gzip file (a plain file named .gz? rename it)" if line_no <= 1 else f"is corrupt ({err})"
+    elif isinstance(err, EOFError):
+        what = "is truncated (the gzip stream ends early; download it again)"
+    elif isinstance(err, zlib.error):
+        what = f"is a corrupt gzip stream ({err}; download it again)"
+    else:  # UnicodeDecodeError where the reader cannot say which line
+        what = f"is not UTF-8 text ({err.reason} at byte {err.start} of the line)"
+    return DataError(f"{path}:{line_no}: the file {what}")
+
+
+_DAMAGE = (EOFError, zlib.error, gzip.BadGzipFile, UnicodeDecodeError)
+
+
+def _text_lines(path: Path) -> Iterator[tuple[int, "str | BadRow"]]:
+    """(line number, text) with the line ending removed; a line that is not UTF-8 is a BadRow."""
+    line_no = 0
+    try:
+        with _open_binary(path) as fh:
+            for line_no, raw in enumerate(fh, start=1):
+                try:
+                    text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+                except UnicodeDecodeError as err:
+                    yield line_no, BadRow(f"not UTF-8 text (byte 0x{raw[err.start]:02x} at byte {err.start}); "
+                                          "convert the file to UTF-8")
+                    continue
+                yield line_no, text.rstrip("\r\n")
+    except _DAMAGE as err:
+        raise _damaged(path, err, line_no + 1) from None
+
+
+class _Lines:
+    """Lines of `path` as a text file object for csv.reader; non-UTF-8 lines surface as DataError."""
+
+    def __init__(self, path: Path):
+        self.path, self.line_no = path, 0
+
+    def __iter__(self):
+        for self.line_no, text in _text_lines(self.path):
+            if isinstance(text, BadRow):
+                raise DataError(f"{self.path}:{self.line_no}: {text.problem}")
+            yield text + "\n"
 
 
 def read_delimited(path: Path, delimiter: str, columns: Optional[list[str]], header: bool) -> Rows:
@@ -40,32 +95,30 @@ def read_delimited(path: Path, delimiter: str, columns: Optional[list[str]], hea
     if not header and columns is None:
         raise ConfigError(f"{path}: a file without a header row needs column names (columns: [...])")
     quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
-    with _open_text(path) as fh:
-        reader = csv.reader(fh, delimiter=delimiter, quoting=quoting)
-        end = 0  # last physical line consumed; a quoted field may span several lines
-        for fields in reader:
-            line_no, end = end + 1, reader.line_num
-            if not fields:  # blank line
-                continue
-            # Some files (ATEC train) carry a stray BOM at the start of a field, not of the file.
-            fields = [f.removeprefix(BOM) for f in fields]
-            if header:
-                columns, header = fields, False
-                continue
-            if len(fields) != len(columns):
-                raise DataError(
-                    f"{path}:{line_no}: expected {len(columns)} fields ({', '.join(columns)}), found {len(fields)}"
-                )
-            yield line_no, dict(zip(columns, fields))
+    reader = csv.reader(_Lines(path), delimiter=delimiter, quoting=quoting)
+    end = 0  # last physical line consumed; a quoted field may span several lines
+    for fields in reader:
+        line_no, end = end + 1, reader.line_num
+        if not fields:  # blank line
+            continue
+        # Some files (ATEC train) carry a stray BOM at the start of a field, not of the file.
+        fields = [f.removeprefix(BOM) for f in fields]
+        if header:
+            columns, header = fields, False
+            continue
+        if len(fields) != len(columns):
+            yield line_no, BadRow(f"expected {len(columns)} fields ({', '.join(columns)}), found {len(fields)}")
+            continue
+        yield line_no, dict(zip(columns, fields))
 
 
 def read_lines(path: Path, field: str = "text") -> Rows:
     """One sentence per line: {field: line}, skipping blank lines."""
-    with _open_text(path) as fh:
-        for line_no, line in enumerate(fh, start=1):
-            text = line.rstrip("\r\n")
-            if text.strip():
-                yield line_no, {field: text}
+    for line_no, text in _text_lines(path):
+        if isinstance(text, BadRow):
+            yield line_no, text
+        elif text.strip():
+            yield line_no, {field: text}
 
 
 def _jsonl(path: Path, columns, header) -> Rows:
@@ -74,11 +127,20 @@ def _jsonl(path: Path, columns, header) -> Rows:
 
 
 def read_json_document(path: Path):
-    with _open_text(path) as fh:
-        try:
-            return json.load(fh)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
+    try:
+        with _open_binary(path) as fh:
+            data = fh.read()
+    except _DAMAGE as err:
+        raise _damaged(path, err, 1) from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); convert the file to UTF-8") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
 
 
 def read_squad(path: Path) -> Rows:
@@ -151,16 +213,20 @@ def find_file(directory: Path, name: str) -> Path:
     raise DataError(f"data file not found: {directory / name} (nor {name}.gz)")
 
 
-def read_json_lines(path: Path) -> Iterator[tuple[int, dict]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{line_no}: not valid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
-            yield line_no, row
+def read_json_lines(path: Path) -> Rows:
+    for line_no, line in _text_lines(path):
+        if isinstance(line, BadRow):
+            yield line_no, line
+            continue
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            yield line_no, BadRow(f"not valid JSON ({err.msg} at column {err.colno})")
+            continue
+        if not isinstance(row, dict):
+            kind = "null" if row is None else type(row).__name__
+            yield line_no, BadRow(f"expected a JSON object, got {kind}")
+            continue
+        yield line_no, row

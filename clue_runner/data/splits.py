@@ -15,7 +15,7 @@ from ..errors import DataError
 from ..plugins import PARSERS
 from ..tasks.spec import TaskSpec
 from .parsers import RowContext, RowError
-from .readers import find_file, read_json_document, read_rows, resolve_data_dir
+from .readers import BadRow, find_file, read_json_document, read_rows, resolve_data_dir
 
 
 @dataclass
@@ -97,6 +97,18 @@ def _label_parser(task: TaskSpec):
     return category
 
 
+def _check_texts(item, inputs, allow_empty: bool) -> None:
+    """Empty, blank or NUL-holding texts train on nothing (or on garbage): a bad row, not an example.
+    Structured encoders check their own fields and may leave a text empty on purpose (`allow_empty`)."""
+    for text, name in ((item.text_a, inputs.text_a), (item.text_b, inputs.text_b)):
+        if not isinstance(text, str):
+            continue
+        if not text.strip() and not allow_empty:
+            raise RowError(name, "the text is empty")
+        if "\x00" in text:
+            raise RowError(name, "the text holds a NUL character (a binary or damaged file?)")
+
+
 def load_split(
     task: TaskSpec,
     split: str,
@@ -134,9 +146,15 @@ def load_split(
     data = SplitData(task=task.name, split=split, source=" + ".join(origins), examples=[])
     for row_no, (origin, where, row) in enumerate(rows):
         try:
+            if isinstance(row, BadRow):
+                raise RowError(None, row.problem)
             items = encode(row, inputs, ctx)
+            for item in items:
+                _check_texts(item, inputs, allow_empty=parse_label is None)
             if parse_label is not None:  # one example per row, its label a plain field
                 raw_label = row.get(task.label.field)
+                if raw_label is None and training:
+                    raise RowError(task.label.field, "the label is missing (a training row needs one)")
                 if raw_label is not None:
                     raw_label = str(raw_label)  # FewCLUE writes some label codes as ints
                     if raw_label in task.label.drop:
@@ -144,7 +162,7 @@ def load_split(
                         continue
                     items[0].label = parse_label(raw_label)
         except RowError as err:
-            problem = f"{origin}:{where}: field {err.field!r}: {err}"
+            problem = f"{origin}:{where}: " + (f"field {err.field!r}: {err}" if err.field else str(err))
             if on_bad_row != "skip":
                 raise DataError(problem + " (set data.on_bad_row: skip to skip such rows)") from None
             data.skipped.append(problem)

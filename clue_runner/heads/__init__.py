@@ -22,7 +22,7 @@ MASKED = -1e4  # a choice or position that cannot win (finite: fp32 softmax stay
 
 
 class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf/NaN would train "successfully" to NaN
 
 
 class Head(nn.Module):
@@ -33,6 +33,15 @@ class Head(nn.Module):
     separate_pairs = False  # bi-encoders tokenize the two texts of a pair on their own
     needs_labels = True  # False for self-supervised objectives (SimCSE)
     graphable = True  # batches fit the CUDA-graph fast path's static shapes (one sequence per item)
+    label_kinds = ("categorical", "score")  # task label kinds (tasks.spec.LabelSpec.kind) the head can learn
+
+    @classmethod
+    def misfit(cls, task, params) -> Optional[str]:
+        """Why this head cannot work on `task` (None when it can): checked when the config loads."""
+        if task.label.kind not in cls.label_kinds:
+            return (f"{task.name} has {task.label.kind} labels; this head handles {' or '.join(cls.label_kinds)} "
+                    f"labels (the task's own head is {task.head!r})")
+        return None
 
     def __init__(self, backbone: nn.Module, task, params: Params, dropout: float):
         super().__init__()

@@ -36,6 +36,13 @@ class EmbeddingHead(Head):
     output = "embeddings"
     separate_pairs = True
 
+    @classmethod
+    def misfit(cls, task, params) -> Optional[str]:
+        if task.inputs.text_b is None:
+            return (f"{task.name} scores single texts; the embedding head scores sentence pairs by cosine "
+                    f"(use the task's own head {task.head!r})")
+        return super().misfit(task, params)
+
     def __init__(self, backbone, task, params: EmbeddingParams, dropout=0.1):
         super().__init__(backbone, task, params, dropout)
         self.needs_labels = params.loss != "simcse"

@@ -28,6 +28,7 @@ class GlobalPointerHead(Head):
 
     Params = PointerParams
     output = "span_scores"
+    label_kinds = ("structured",)  # the input encoder gives the gold
     graphable = False
 
     def __init__(self, backbone, task, params: PointerParams, dropout=0.1):

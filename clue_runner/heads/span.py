@@ -27,6 +27,7 @@ class SpanHead(Head):
 
     Params = SpanParams
     output = "span_logits"
+    label_kinds = ("structured",)  # the input encoder gives the gold
     graphable = False
 
     def __init__(self, backbone, task, params: SpanParams, dropout=0.1):

@@ -42,7 +42,7 @@ from ..registry import validate_options
 
 
 class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf/NaN would train "successfully" to NaN
 
 
 @dataclass

@@ -86,6 +86,7 @@ class SubmissionSpec(_Strict):
     # jsonl_label: {"id", "label": label string} per line; jsonl_index: label = the choice's index;
     # json_object: one object {test id: answer text or candidate index}; jsonl_entities: CLUENER lines
     format: Literal["jsonl_label", "jsonl_index", "json_object", "jsonl_entities"] = "jsonl_label"
+    key: str = "label"  # the prediction's key in jsonl lines (FewCLUE CHID: "answer", as its official examples)
 
 
 class TaskSpec(_Strict):
