@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import yaml
 from .config import ExperimentConfig, build_config, load_config
 from .data.splits import Example
 from .engine.build import Built, build, load_task_split, threshold_split_data
-from .engine.checkpoint import save_best as save_best_checkpoint
+from .engine.checkpoint import BEST_MARKER, save_best as save_best_checkpoint
 from .engine.evaluate import predict_logits, score
 from .engine.trainer import Event, Trainer
 from .errors import ClueRunError, DataError, DiskError, RunError, disk_error_line, is_disk_error
@@ -94,6 +95,10 @@ def _prepare(cfg: ExperimentConfig, log) -> _Prepared:
     trains = cfg.train.max_steps != 0
     train_data = load_task_split(cfg, task, cfg.data.train_split, cfg.data.max_train_examples, training=True) if trains else None
     eval_data = load_task_split(cfg, task, cfg.data.eval_split, cfg.data.max_eval_examples)
+    if task.label.kind != "structured" and any(ex.label is None for ex in eval_data.examples):
+        first = next(i for i, ex in enumerate(eval_data.examples) if ex.label is None)
+        raise DataError(f"{eval_data.source}: split {cfg.data.eval_split!r} has unlabelled rows (example {first + 1}); "
+                        "data.eval_split must name a labelled split")
     threshold_data = threshold_split_data(cfg, task, cfg.data.eval_split)
     built = build(cfg, log=log)
     train_enc = built.encode(train_data) if trains else None
@@ -205,10 +210,26 @@ def load_run(run_dir: Path, device: str = "auto") -> Built:
     run_dir = Path(run_dir)
     best = run_dir / BEST_DIR
     if not (best / "config.json").is_file():
-        raise ClueRunError(f"{run_dir}: no saved checkpoint ({BEST_DIR}/)")
+        raise RunError(f"{run_dir}: no saved checkpoint ({BEST_DIR}/)"
+                       + ("; it was interrupted: complete it with `clue-run train --resume`"
+                          if not (run_dir / RESULT_FILE).is_file() else ""))
+    _check_best_is_the_results(run_dir)
     built = build(_saved_config(run_dir), checkpoint=best, device=device)
     built.model.eval()
     return built
+
+
+def _check_best_is_the_results(run_dir: Path) -> None:
+    """best/ must hold the step run.json calls best (the commit protocol guarantees it; older runs have no marker)."""
+    if not (run_dir / RESULT_FILE).is_file():
+        return
+    marker = (run_dir / BEST_DIR / BEST_MARKER)
+    if marker.is_file():
+        held = json.loads(marker.read_text(encoding="utf-8")).get("step")
+        named = read_result(run_dir)["best"]["step"]
+        if held != named:
+            raise RunError(f"{run_dir / BEST_DIR}: holds step {held}, but {RESULT_FILE} names step {named} as best; "
+                           "the run directory was changed by hand: train it again")
 
 
 def evaluate(run_dir: Path, split: str = "dev", data_dir: Optional[str] = None, device: str = "auto") -> dict:

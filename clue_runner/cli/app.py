@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 
 import typer
 from rich.console import Console
@@ -35,7 +36,7 @@ def friendly_errors(fn):
             message = str(e) if isinstance(e, ClueRunError) else disk_error_line(e)
             # ONE line (the README's promise): a multi-line message is joined; escaped, as paths,
             # labels and WSC markers contain square brackets that rich would eat.
-            one_line = "; ".join(part.strip(" -") for part in message.splitlines() if part.strip())
+            one_line = "; ".join(re.sub(r"^\s*-\s+", "", part) for part in message.splitlines() if part.strip())
             err.print(f"[bold red]error:[/] {escape(one_line)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
 
