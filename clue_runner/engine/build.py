@@ -26,7 +26,7 @@ from ..errors import ClueRunError, ConfigError, DataError
 from ..features import Encoded
 from ..heads import Head, resolve_head
 from ..methods import BuildContext, Method, build_methods, check_methods
-from ..models import load_tokenizer, resolve_model
+from ..models import load_model_config, load_tokenizer, resolve_model
 from ..models.backbone import load_backbone
 from ..paths import cache_root
 from ..tasks import TaskSpec, get_task
@@ -136,11 +136,9 @@ def _silent(message: str) -> None:
 
 def check_positions(cfg: ExperimentConfig, model_path: str, methods: list[Method], log: Callable[[str], None]) -> None:
     """Refuse a `data.max_length` the model's learned position table cannot hold (a hint to long_positions)."""
-    from transformers import AutoConfig
-
     from ..models.positions import is_rotary, usable_positions
 
-    config = AutoConfig.from_pretrained(model_path)
+    config = load_model_config(model_path, cfg.model.name)
     usable = usable_positions(config)
     extended = max((m.max_positions() or 0 for m in methods), default=0)
     if usable is None or cfg.data.max_length <= max(usable, extended):
@@ -159,12 +157,10 @@ def model_for(task: TaskSpec, model_path: str, head_cfg=None, dropout: float = 0
               max_length: Optional[int] = None) -> Head:
     """The head module on a backbone loaded from `model_path` as the kind the head and methods need,
     with the methods' model surgery applied."""
-    from transformers import AutoConfig
-
     from ..models.positions import extend_positions, is_rotary
 
     head_cls, head_params = resolve_head(task, head_cfg)
-    model_config = AutoConfig.from_pretrained(model_path)
+    model_config = load_model_config(model_path, name)
     kind = next((m.backbone_kind for m in methods if m.backbone_kind), None) or head_cls.kind_for(task, head_params, model_config)
     if seed is not None:
         seed_everything(seed)  # new head weights depend on the seed only
