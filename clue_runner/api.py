@@ -204,9 +204,12 @@ def encode_texts(texts: list[str], run_dir: Optional[Path] = None, model_name: O
         if not isinstance(run.model, EmbeddingHead):
             raise ClueRunError(f"{run_dir}: its head is {type(run.model).__name__}; encoding needs an embedding head")
     else:
-        cfg = build_config({"task": "stsb", "model": {"name": model_name}, "head": {"name": "embedding", "pooling": pooling},
+        # The model as it is: a vocabulary trimmed to some task's texts would split the user's texts otherwise.
+        cfg = build_config({"task": "stsb", "model": {"name": model_name, "trim_vocab": False},
+                            "head": {"name": "embedding", "pooling": pooling},
                             "train": {"max_steps": 0}})
         run = build(cfg, device=device)
+    run.check_vocabulary(texts, "the input")
     examples = [Example(i, t, None, None) for i, t in enumerate(texts)]
     enc = encode_examples(examples, run.tokenizer, max_length)
     graphed = GraphedForward(run.model, run.amp) if run.device.type == "cuda" else None

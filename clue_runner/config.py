@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 import difflib
@@ -22,9 +22,10 @@ class Strict(BaseModel):
 class ModelConfig(Strict):
     name: str = DEFAULT_MODEL  # hub id, local checkpoint directory, or a packaged name
     dropout: float = Field(0.1, ge=0, lt=1)  # dropout before the head's classifier
-    # Cut the vocabulary to the task's texts first (Unigram tokenizers only; cached). Same hidden
-    # states on the task, far fewer parameters to update: the embedded model is ~80% embeddings.
-    trim_vocab: bool = False
+    # Cut the vocabulary to the task's texts first (cached). Same hidden states on the task, far fewer
+    # parameters to update: the embedded model is ~80% embeddings. auto: where the tokenizer allows it
+    # (Unigram/SentencePiece) and it pays (a large vocabulary); true: required (an error otherwise).
+    trim_vocab: Union[Literal["auto"], bool] = "auto"
     # Train even where the checkpoint lacks encoder weights (they start random); off: refused with one line.
     allow_random_init: bool = False
 
