@@ -138,20 +138,47 @@ def encode(
     out.print(f"{output}: {vectors.shape[0]} × {vectors.shape[1]} float32", highlight=False)
 
 
+TASK_LIST_FORMATS = ("table", "plain", "markdown", "csv", "json")
+
+
 @tasks_app.command("list")
 @friendly_errors
-def tasks_list():
+def tasks_list(
+    fmt: Optional[str] = typer.Option(None, "--format", help="table (a terminal's default), plain (the default when piped), markdown, csv or json."),
+):
     """Every built-in task with its head, labels and main metric."""
+    from ..registry import did_you_mean
     from ..tasks import builtin_task_names, get_task
+    from .tables import Grid, print_grid
 
-    table = Table()
-    for col in ("task", "benchmark", "head", "labels", "main metric", "description"):
-        table.add_column(col)
+    if fmt is not None and fmt not in TASK_LIST_FORMATS:
+        raise ClueRunError(f"--format {fmt!r}{did_you_mean(fmt, TASK_LIST_FORMATS)} (choose {', '.join(TASK_LIST_FORMATS)})")
+    grid = Grid(["task", "benchmark", "head", "labels", "main metric", "description"], free_text_last=True,
+                title="built-in tasks")
     for name in builtin_task_names():
         t = get_task(name)
         labels = str(len(t.label.values)) if t.label.values else t.label.kind  # score, or structured gold
-        table.add_row(name, t.benchmark, t.head, labels, t.main_metric, t.description)
-    out.print(table)
+        grid.add_row(name, t.benchmark, t.head, labels, t.main_metric, t.description)
+    if fmt in (None, "table", "plain"):
+        print_grid(grid, out, plain=None if fmt is None else fmt == "plain")
+    else:
+        out.print(grid_text(grid, fmt), end="", markup=False, highlight=False, emoji=False, soft_wrap=True)
+
+
+def grid_text(grid, fmt: str) -> str:
+    import csv
+    import io
+
+    if fmt == "json":
+        return json.dumps([dict(zip(grid.headers, row)) for row in grid.rows], ensure_ascii=False, indent=2) + "\n"
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(grid.headers)
+        writer.writerows(grid.rows)
+        return buffer.getvalue()
+    cells = [grid.headers, ["---"] * len(grid.headers), *grid.rows]
+    return "".join("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |\n" for row in cells)
 
 
 @tasks_app.command("show")

@@ -54,13 +54,23 @@ def plain_text(grid: Grid) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _rich(grid: Grid, columns: list[int], title: Optional[str]) -> Table:
+def _first_width(widths: list[int], available: int) -> int:
+    """The naming column wraps (whole, over lines) rather than leave no room for the others."""
+    return min(widths[0], max(16, available * 2 // 5))
+
+
+def _rich(grid: Grid, columns: list[int], title: Optional[str], available: int) -> Table:
     table = Table(title=title, box=box.SIMPLE_HEAD)
     last = len(grid.headers) - 1
+    widths = grid.widths()
     for i in columns:
         shortened = grid.free_text_last and i == last
+        if i == 0 and widths[0] > _first_width(widths, available):
+            table.add_column(grid.headers[0], justify=grid._justify(0), overflow="fold",
+                             width=_first_width(widths, available))
+            continue
         table.add_column(grid.headers[i], justify=grid._justify(i), no_wrap=True,
-                         overflow="ellipsis" if shortened else "fold", min_width=None if shortened else grid.widths()[i])
+                         overflow="ellipsis" if shortened else "fold", min_width=None if shortened else widths[i])
     for r, row in enumerate(grid.rows):
         if r in grid.sections:
             table.add_section()
@@ -74,7 +84,7 @@ _COLUMN_OVERHEAD = 2
 
 def column_groups(widths: list[int], available: int, free_text_last: bool = False) -> list[list[int]]:
     """Column indices per table so that each fits `available` cells; column 0 is in every group."""
-    first = widths[0] + _COLUMN_OVERHEAD
+    first = _first_width(widths, available) + _COLUMN_OVERHEAD
     groups, current, used = [], [0], first
     rest = list(range(1, len(widths)))
     for i in rest:
@@ -98,4 +108,4 @@ def print_grid(grid: Grid, console: Console, plain: Optional[bool] = None) -> No
     groups = column_groups(grid.widths(), console.width, grid.free_text_last)
     for n, columns in enumerate(groups):
         title = grid.title if len(groups) == 1 else f"{grid.title or ''} ({n + 1}/{len(groups)})".strip()
-        console.print(_rich(grid, columns, title))
+        console.print(_rich(grid, columns, title, console.width))

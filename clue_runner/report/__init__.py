@@ -66,13 +66,16 @@ def _run_from_result(path: Path, result: dict) -> Run:
         raise ClueRunError(f"{path}: run result lacks field {err}") from None
 
 
-def load_runs(dirs: Iterable[Path]) -> list[Run]:
-    """Every run.json below the given directories; directories without one are skipped."""
+def load_runs(dirs: Iterable[Path], skip: Iterable[Path] = ()) -> list[Run]:
+    """Every run.json below the given directories (except below `skip`); directories without one are skipped."""
     runs = []
+    skipped = [Path(p).resolve() for p in skip]
     for directory in map(Path, dirs):
         if not directory.exists():
             raise ClueRunError(f"results directory not found: {directory}")
         for path in sorted(directory.rglob(RESULT_FILE)):
+            if any(path.resolve().is_relative_to(s) for s in skipped):
+                continue
             try:
                 result = read_result(path)  # refuses unknown schema versions, naming the file
             except json.JSONDecodeError as err:
