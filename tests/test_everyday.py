@@ -188,3 +188,20 @@ def test_report_defaults_to_the_users_results_not_the_shipped_examples(tmp_path)
     assert len(json.loads(proc.stdout)["rows"]) == 1
     proc = cli("report", "results/examples", "--format", "json", cwd=REPO)  # pointed at: reported
     assert len(json.loads(proc.stdout)["rows"]) > 1
+
+
+def test_encode_keeps_blank_lines_so_row_i_is_line_i(tiny_model, tmp_path):
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from clue_runner import api
+    from clue_runner.cli import app
+
+    (tmp_path / "in.txt").write_text("今天天气很好\n\n我们去公园\n", encoding="utf-8")
+    res = CliRunner().invoke(app, ["encode", "--model", str(tiny_model), "-i", str(tmp_path / "in.txt"),
+                                   "-o", str(tmp_path / "v.npy"), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    vectors = np.load(tmp_path / "v.npy")
+    assert vectors.shape[0] == 3
+    alone = api.encode_texts(["我们去公园"], model_name=str(tiny_model), device="cpu")
+    np.testing.assert_allclose(vectors[2], alone[0], atol=1e-5)

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from ..errors import ClueRunError
-from .app import app, friendly_errors, model_app, out, tasks_app
+from .app import app, err, friendly_errors, model_app, out, tasks_app
 
 def _metrics_table(title: str, rows: list[tuple[str, dict]]) -> Table:
     names = list(rows[0][1]) if rows else []
@@ -123,14 +123,19 @@ def encode(
 
     if not input_file.is_file():
         raise ClueRunError(f"input file not found: {input_file}")
+    # Row i of the output is line i of the input: a blank line is encoded as an empty text, not dropped.
+    texts = [""] * _line_count(input_file)
     if field:
-        texts = []
         for line_no, row in read_json_lines(input_file):
             if not isinstance(row.get(field), str):
                 raise ClueRunError(f"{input_file}:{line_no}: field {field!r}: missing or not text")
-            texts.append(row[field])
+            texts[line_no - 1] = row[field]
     else:
-        texts = [row["text"] for _, row in read_lines(input_file)]
+        for line_no, row in read_lines(input_file):
+            texts[line_no - 1] = row["text"]
+    blank = sum(not t.strip() for t in texts)
+    if blank:
+        err.print(f"{input_file}: {blank} blank line(s) encoded as empty texts, so row i stays line i", highlight=False)
     vectors = api.encode_texts(texts, run, None if run else model, pooling, max_length, batch_size, device)
     buffer = io.BytesIO()
     np.save(buffer, vectors)
@@ -139,6 +144,13 @@ def encode(
 
 
 TASK_LIST_FORMATS = ("table", "plain", "markdown", "csv", "json")
+
+
+def _line_count(path: Path) -> int:
+    import gzip
+
+    with (gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")) as fh:
+        return sum(1 for _ in fh)
 
 
 @tasks_app.command("list")
