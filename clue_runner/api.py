@@ -82,7 +82,8 @@ def train(cfg: ExperimentConfig, resume: Optional[Path] = None, on_event: Option
         return score(task, built.predict, logits, eval_enc, built.calibration(threshold_enc))
 
     trainer = Trainer(model, model.loss, built.methods, train_enc, evaluate, task.main_metric, cfg.train,
-                      built.tokenizer.pad_token_id, built.device, resume_dir=run_dir / RESUME_DIR)
+                      built.tokenizer.pad_token_id, built.device, resume_dir=run_dir / RESUME_DIR,
+                      log_dir=run_dir / "logs", run_config=cfg.model_dump(mode="json"))
     counts = built.parameter_counts()
     log(f"[bold]{task.name}[/] · {cfg.model.name} · {cfg.method_label()} · seed {cfg.train.seed} · "
         f"{len(train_enc) if trains else 0} train / {len(eval_enc)} {cfg.data.eval_split} examples · "
@@ -99,6 +100,7 @@ def train(cfg: ExperimentConfig, resume: Optional[Path] = None, on_event: Option
         if on_event is not None:
             on_event(event)
 
+    trainer.close_loggers()
     state = trainer.state
     result = {
         "schema_version": SCHEMA_VERSION,
@@ -215,3 +217,32 @@ def encode_texts(texts: list[str], run_dir: Optional[Path] = None, model_name: O
     graphed = GraphedForward(run.model, run.amp) if run.device.type == "cuda" else None
     vectors, _ = predict_logits(run.model, enc, batch_size, run.tokenizer.pad_token_id, run.device, run.amp, graphed)
     return vectors.astype(np.float32)
+
+
+def dry_run(cfg: ExperimentConfig) -> dict:
+    """What `train` would do, writing nothing to the output directory: the resolved config, split
+    sizes, optimizer steps and parameter counts (the model is built, not trained; no vocabulary trim
+    is written, its effect is named instead)."""
+    import math
+
+    from .engine.build import _trim_skip
+    from .models import resolve_model
+
+    task = get_task(cfg.task)
+    trains = cfg.train.max_steps != 0
+    train_data = load_task_split(cfg, task, cfg.data.train_split, cfg.data.max_train_examples, training=True) if trains else None
+    eval_data = load_task_split(cfg, task, cfg.data.eval_split, cfg.data.max_eval_examples)
+    model_path = resolve_model(cfg.model.name)
+    trim = bool(cfg.model.trim_vocab) and not _trim_skip(cfg, model_path)
+    untrimmed = cfg.model_copy(deep=True)
+    untrimmed.model.trim_vocab = False
+    counts = build(untrimmed, device="cpu").parameter_counts()
+    n_train = len(train_data.examples) if trains else 0
+    steps_per_epoch = math.ceil(math.ceil(n_train / cfg.train.batch_size) / cfg.train.grad_accum)
+    steps = cfg.train.max_steps if cfg.train.max_steps is not None else steps_per_epoch * cfg.train.epochs
+    return {"config": cfg.model_dump(mode="json"), "task": task.name, "model": model_path,
+            "splits": {cfg.data.train_split: n_train, cfg.data.eval_split: len(eval_data.examples)},
+            "steps_per_epoch": steps_per_epoch, "steps": steps, "warmup_steps": int(cfg.train.warmup * steps),
+            "parameters": counts["total"], "trainable_parameters": counts["trainable"],
+            "vocabulary_trim": "would trim to the task's texts (parameters shown untrimmed)" if trim else "no",
+            "output_dir": cfg.output_dir}

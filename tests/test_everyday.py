@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from clue_runner import hub
@@ -205,3 +206,118 @@ def test_encode_keeps_blank_lines_so_row_i_is_line_i(tiny_model, tmp_path):
     assert vectors.shape[0] == 3
     alone = api.encode_texts(["我们去公园"], model_name=str(tiny_model), device="cpu")
     np.testing.assert_allclose(vectors[2], alone[0], atol=1e-5)
+
+
+# -- everyday features ---------------------------------------------------------------------------
+
+
+def _train_cfg(tiny_model, data_dir, out, **train):
+    from clue_runner.config import build_config
+
+    return build_config({
+        "task": "fewclue_eprstmt", "model": {"name": str(tiny_model)},
+        "data": {"dir": str(data_dir), "max_length": 48, "max_train_examples": 48, "max_eval_examples": 32},
+        "train": {"batch_size": 16, "epochs": 2, "lr": 5e-4, "seed": 3, **train}, "output_dir": str(out)})
+
+
+def test_version():
+    proc = cli("--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("clue-run ")
+
+
+def test_dry_run_writes_nothing_and_predicts_the_steps(tiny_model, data_dir, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from clue_runner import api
+    from clue_runner.cli import app
+
+    cfg = _train_cfg(tiny_model, data_dir, tmp_path / "out", grad_accum=2)
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    cache = Path(os.environ["CLUE_RUN_CACHE"])
+    before = sorted(cache.rglob("*")) if cache.exists() else []
+    res = CliRunner().invoke(app, ["train", "-c", str(tmp_path / "exp.yaml"), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert not (tmp_path / "out").exists()
+    assert (sorted(cache.rglob("*")) if cache.exists() else []) == before  # not even the token cache
+    assert "splits: train 48, dev 32" in res.stdout and "steps: 4" in res.stdout  # ceil(3 batches / 2) × 2 epochs
+    assert "parameters:" in res.stdout and "task: fewclue_eprstmt" in res.stdout
+    result = api.read_run(api.train(cfg, log=lambda _: None))
+    assert result["steps"] == 4
+
+
+def test_fused_adamw_on_cpu(tiny_model, data_dir, tmp_path):
+    import torch
+
+    from clue_runner.engine.build import build
+    from clue_runner.engine.trainer import Trainer
+
+    cfg = _train_cfg(tiny_model, data_dir, tmp_path)
+    built = build(cfg, device="cpu")
+    trainer = Trainer(built.model, built.model.loss, [], None, lambda: {}, "accuracy", cfg.train, 0, torch.device("cpu"))
+    assert trainer.optimizer.defaults["fused"] is True
+
+
+def test_fp16_gradient_scaler_scales_unscales_and_skips_overflow(tiny_model, data_dir, tmp_path, monkeypatch):
+    """fp16 runs on CUDA; the scaler logic is the same on CPU (torch.amp.GradScaler('cpu'))."""
+    import torch
+
+    from clue_runner.engine import trainer as trainer_mod
+    from clue_runner.engine.build import build
+
+    cfg = _train_cfg(tiny_model, data_dir, tmp_path, precision="fp16", max_grad_norm=1.0)
+    assert trainer_mod.autocast_dtype("fp16", torch.device("cpu")) is None  # fp32 on CPU
+    assert trainer_mod.autocast_dtype("fp16", torch.device("cuda")) is torch.float16
+    monkeypatch.setattr(trainer_mod, "autocast_dtype", lambda precision, device: torch.float16)
+    built = build(cfg, device="cpu")
+    train_enc = built.encode(built_split(built, cfg, "train"))
+    t = trainer_mod.Trainer(built.model, built.model.loss, [], train_enc, lambda: {"accuracy": 0.0}, "accuracy",
+                            cfg.train, built.tokenizer.pad_token_id, torch.device("cpu"))
+    assert t.scaler.is_enabled() and not t.fast_path
+    t._loss_sum = torch.zeros(())  # set by run()
+    scale = t.scaler.get_scale()
+    param = next(p for p in built.model.parameters() if p.requires_grad)
+    t._train_on(np.arange(8), boundary=False, scale=1.0)
+    scaled_grad = param.grad.clone()
+    assert torch.isfinite(scaled_grad).all() and scaled_grad.abs().max() > 0
+    before = param.detach().clone()
+    t._optimizer_step()  # unscaled, clipped, stepped
+    assert not torch.equal(before, param.detach()) and t.scaler.get_scale() == scale
+    t._train_on(np.arange(8), boundary=False, scale=1.0)
+    param.grad[0].fill_(float("inf"))  # an fp16 overflow
+    before = param.detach().clone()
+    t._optimizer_step()
+    assert torch.equal(before, param.detach())  # the step was skipped
+    assert t.scaler.get_scale() == scale / 2  # and the scale backed off
+
+
+def built_split(built, cfg, split):
+    from clue_runner.engine.build import load_task_split
+
+    return load_task_split(cfg, built.task, split, cfg.data.max_train_examples)
+
+
+def test_tensorboard_event_files_are_written_and_readable(tiny_model, data_dir, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from clue_runner import api
+
+    cfg = _train_cfg(tiny_model, data_dir, tmp_path, report_to=["tensorboard"], eval_every=2)
+    run_dir = api.train(cfg, log=lambda _: None)
+    result = api.read_run(run_dir)
+    events = EventAccumulator(str(run_dir / "logs" / "tensorboard"))
+    events.Reload()
+    accuracy = events.Scalars("eval/accuracy")
+    assert [e.step for e in accuracy] == [h["step"] for h in result["history"]]
+    assert [e.value for e in accuracy] == pytest.approx([h["metrics"]["accuracy"] for h in result["history"]])
+    assert "train/loss" in events.Tags()["scalars"]
+
+
+def test_wandb_missing_is_one_clear_error(tmp_path, monkeypatch):
+    from clue_runner.engine.loggers import open_loggers
+    from clue_runner.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed
+    with pytest.raises(ConfigError, match="pip install wandb"):
+        open_loggers(["wandb"], tmp_path, "run", {})

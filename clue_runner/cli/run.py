@@ -30,10 +30,25 @@ def train(
     set_: List[str] = typer.Option([], "--set", help="Override a config key, e.g. --set train.lr=3e-5 (repeatable)."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds: one run per seed, e.g. 1,2,3."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run directory."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config, split sizes, steps and parameter counts; train and write nothing."),
 ):
     """Fine-tune a model on a task and write a scored run JSON."""
+    import yaml
+
     from .. import api
     from ..config import load_config
+
+    if dry_run:
+        if config is None:
+            raise ClueRunError("--dry-run needs --config FILE")
+        plan = api.dry_run(load_config(config, set_))
+        resolved = plan.pop("config")
+        out.print(yaml.safe_dump(resolved, allow_unicode=True, sort_keys=False), markup=False, highlight=False)
+        for key, value in plan.items():
+            shown = ", ".join(f"{k} {v:,}" for k, v in value.items()) if isinstance(value, dict) else (
+                f"{value:,}" if isinstance(value, int) else value)
+            out.print(f"{key.replace('_', ' ')}: {shown}", markup=False, highlight=False, soft_wrap=True)
+        return
 
     if resume is not None:
         run_dirs = [api.train(None, resume=resume)]
