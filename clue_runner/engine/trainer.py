@@ -277,7 +277,7 @@ class Trainer:
         metrics = self.evaluate()
         self.model.train()
         main = metrics[self.main_metric]
-        improved = state.best is None or main > state.best["metrics"][self.main_metric]
+        improved = state.best is None or _better(main, state.best["metrics"][self.main_metric])
         record = {
             "step": state.step,
             "epoch": round(state.step / self.steps_per_epoch, 4) if self.steps_per_epoch else 0.0,
@@ -346,6 +346,13 @@ class Trainer:
             torch.cuda.set_rng_state_all(rng["cuda"])
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
+
+
+def _better(score: float, best: float) -> bool:
+    """NaN (an undefined metric, e.g. the correlation of a constant prediction) is worse than any number."""
+    if math.isnan(score):
+        return False
+    return math.isnan(best) or score > best
 
 
 def fused_adamw_supported(device: torch.device) -> bool:

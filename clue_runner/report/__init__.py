@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -392,6 +393,8 @@ def _round(value, digits: int = 6):
     """Drop the float noise of ×100 (0.55 * 100 = 55.00000000000001), keep real precision."""
     if isinstance(value, list):
         return [_round(v, digits) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None  # an undefined score (NaN) is JSON null, not the invalid literal NaN
     return round(value, digits) if isinstance(value, float) else value
 
 
