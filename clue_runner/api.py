@@ -161,9 +161,38 @@ def load_run(run_dir: Path, device: str = "auto") -> Built:
     return built
 
 
-def evaluate(run_dir: Path, split: str = "dev", data_dir: Optional[str] = None, device: str = "auto") -> dict:
-    """Score a run's best checkpoint on a labelled split."""
-    run = load_run(run_dir, device)
+def load_checkpoint(path: Path, task_name: str, device: str = "auto") -> Built:
+    """A plain transformers checkpoint fine-tuned elsewhere (e.g. a saved BertForSequenceClassification),
+    scored as it is on `task_name`. Its label order must be the task's: names in `id2label` are checked."""
+    from .models import load_model_config
+
+    task = get_task(task_name)
+    config = load_model_config(str(path))
+    names = [str(v) for _, v in sorted((int(k), v) for k, v in (config.id2label or {}).items())]
+    generic = all(n == f"LABEL_{i}" for i, n in enumerate(names))
+    if task.label.values and not generic and names != list(task.label.values):
+        raise ClueRunError(f"{path}: its labels {names} are not the labels of task {task.name} "
+                           f"{list(task.label.values)} in the same order; relabel config.json id2label")
+    cfg = build_config({"task": task.name, "model": {"name": str(path), "trim_vocab": False},
+                        "data": {"max_length": min(512, getattr(config, "max_position_embeddings", 512) or 512)},
+                        "train": {"max_steps": 0}})
+    built = build(cfg, device=device)
+    if built.load_report.get("new_head"):
+        raise ClueRunError(f"{path}: no trained {task.head} head for task {task.name} in this checkpoint "
+                           f"(new weights: {', '.join(built.load_report['new_head'][:3])}); train it with clue-run train")
+    built.model.eval()
+    return built
+
+
+def evaluate(run_dir: Path, split: str = "dev", data_dir: Optional[str] = None, device: str = "auto",
+             task: Optional[str] = None) -> dict:
+    """Score a run's best checkpoint on a labelled split; with `task`, `run_dir` may be a plain
+    transformers checkpoint directory fine-tuned elsewhere."""
+    run_dir = Path(run_dir)
+    if task is not None and not (run_dir / CONFIG_FILE).is_file():
+        run = load_checkpoint(run_dir, task, device)
+    else:
+        run = load_run(run_dir, device)
     data = load_task_split(run.cfg, run.task, split, data_dir=data_dir)
     enc = run.encode(data)
     if enc.unlabelled():

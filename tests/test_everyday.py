@@ -321,3 +321,41 @@ def test_wandb_missing_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # not installed
     with pytest.raises(ConfigError, match="pip install wandb"):
         open_loggers(["wandb"], tmp_path, "run", {})
+
+
+def test_eval_on_a_checkpoint_fine_tuned_elsewhere(tiny_model, data_dir, tmp_path):
+    """A saved BertForSequenceClassification scores as transformers itself scores it."""
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from clue_runner import api
+    from clue_runner.data.splits import load_split
+    from clue_runner.errors import ClueRunError
+    from clue_runner.tasks import get_task
+
+    task = get_task("fewclue_eprstmt")
+    torch.manual_seed(5)
+    model = BertForSequenceClassification.from_pretrained(
+        tiny_model, num_labels=2, id2label=dict(enumerate(task.label.values)))
+    with torch.no_grad():
+        model.classifier.weight.normal_(0, 2.0)  # "fine-tuned": a decisive, non-trivial classifier
+    model.save_pretrained(tmp_path / "ckpt")
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(tmp_path / "ckpt")
+
+    examples = load_split(task, "dev", data_dir=data_dir).examples
+    tok = AutoTokenizer.from_pretrained(tmp_path / "ckpt")
+    model.eval()
+    with torch.no_grad():
+        logits = torch.cat([model(**tok([e.text_a for e in examples[i:i + 32]], padding=True, truncation=True,
+                                          max_length=512, return_tensors="pt")).logits for i in range(0, len(examples), 32)])
+    expected = float((logits.argmax(-1).numpy() == np.array([e.label for e in examples])).mean())
+
+    result = api.evaluate(tmp_path / "ckpt", "dev", str(data_dir), "cpu", task="fewclue_eprstmt")
+    assert result["examples"] == len(examples)
+    assert result["metrics"]["accuracy"] == pytest.approx(expected)
+
+    swapped = BertForSequenceClassification.from_pretrained(tmp_path / "ckpt", id2label={0: task.label.values[1], 1: task.label.values[0]})
+    swapped.save_pretrained(tmp_path / "swapped")
+    tok.save_pretrained(tmp_path / "swapped")
+    with pytest.raises(ClueRunError, match="same order"):
+        api.evaluate(tmp_path / "swapped", "dev", str(data_dir), "cpu", task="fewclue_eprstmt")

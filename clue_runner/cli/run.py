@@ -78,16 +78,17 @@ def train(
 @app.command("eval")
 @friendly_errors
 def eval_(
-    run: Path = typer.Option(..., "--run", help="A run directory written by `clue-run train`."),
+    run: Path = typer.Option(..., "--run", help="A run directory written by `clue-run train`, or with --task a plain transformers checkpoint directory."),
     split: str = typer.Option("dev", "--split"),
     data_dir: Optional[str] = typer.Option(None, "--data-dir"),
     device: str = typer.Option("auto", "--device"),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    task: Optional[str] = typer.Option(None, "--task", help="Score a checkpoint fine-tuned elsewhere (e.g. a saved BertForSequenceClassification) on this task."),
 ):
-    """Score a run's best checkpoint on a labelled split."""
+    """Score a run's best checkpoint (or a fine-tuned checkpoint with --task) on a labelled split."""
     from .. import api
 
-    result = api.evaluate(run, split, data_dir, device)
+    result = api.evaluate(run, split, data_dir, device, task)
     if as_json:
         out.print_json(json.dumps(result))
     else:
