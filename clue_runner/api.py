@@ -129,7 +129,8 @@ def _train_in(cfg: ExperimentConfig, run: RunDir, prepared: _Prepared, on_event,
         save_best_checkpoint(run.best, model, built.tokenizer, built.methods, best)
 
     trainer = Trainer(model, model.loss, built.methods, train_enc, evaluate, task.main_metric, cfg.train,
-                      built.tokenizer.pad_token_id, built.device, resume_dir=run.resume)
+                      built.tokenizer.pad_token_id, built.device, resume_dir=run.resume,
+                      log_dir=run.path / "logs", run_config=cfg.model_dump(mode="json"))
     best = trainer.state.best
     if best is not None and run.best_step() != best["step"]:
         # Killed after the commit that made this step best, before best/ was swapped in: the
@@ -154,6 +155,7 @@ def _train_in(cfg: ExperimentConfig, run: RunDir, prepared: _Prepared, on_event,
         if on_event is not None:
             on_event(event)
 
+    trainer.close_loggers()
     state = trainer.state
     if not eval_seconds:  # resumed after the last checkpoint: time one evaluation for the throughput
         eval_seconds.append(built.logits(eval_enc)[1])
@@ -232,9 +234,38 @@ def _check_best_is_the_results(run_dir: Path) -> None:
                            "the run directory was changed by hand: train it again")
 
 
-def evaluate(run_dir: Path, split: str = "dev", data_dir: Optional[str] = None, device: str = "auto") -> dict:
-    """Score a run's best checkpoint on a labelled split."""
-    run = load_run(run_dir, device)
+def load_checkpoint(path: Path, task_name: str, device: str = "auto") -> Built:
+    """A plain transformers checkpoint fine-tuned elsewhere (e.g. a saved BertForSequenceClassification),
+    scored as it is on `task_name`. Its label order must be the task's: names in `id2label` are checked."""
+    from .models import load_model_config
+
+    task = get_task(task_name)
+    config = load_model_config(str(path))
+    names = [str(v) for _, v in sorted((int(k), v) for k, v in (config.id2label or {}).items())]
+    generic = all(n == f"LABEL_{i}" for i, n in enumerate(names))
+    if task.label.values and not generic and names != list(task.label.values):
+        raise ClueRunError(f"{path}: its labels {names} are not the labels of task {task.name} "
+                           f"{list(task.label.values)} in the same order; relabel config.json id2label")
+    cfg = build_config({"task": task.name, "model": {"name": str(path), "trim_vocab": False},
+                        "data": {"max_length": min(512, getattr(config, "max_position_embeddings", 512) or 512)},
+                        "train": {"max_steps": 0}})
+    built = build(cfg, device=device)
+    if built.load_report.get("new_head"):
+        raise ClueRunError(f"{path}: no trained {task.head} head for task {task.name} in this checkpoint "
+                           f"(new weights: {', '.join(built.load_report['new_head'][:3])}); train it with clue-run train")
+    built.model.eval()
+    return built
+
+
+def evaluate(run_dir: Path, split: str = "dev", data_dir: Optional[str] = None, device: str = "auto",
+             task: Optional[str] = None) -> dict:
+    """Score a run's best checkpoint on a labelled split; with `task`, `run_dir` may be a plain
+    transformers checkpoint directory fine-tuned elsewhere."""
+    run_dir = Path(run_dir)
+    if task is not None and not (run_dir / CONFIG_FILE).is_file():
+        run = load_checkpoint(run_dir, task, device)
+    else:
+        run = load_run(run_dir, device)
     data = load_task_split(run.cfg, run.task, split, data_dir=data_dir)
     enc = run.encode(data)
     if enc.unlabelled():
@@ -277,11 +308,43 @@ def encode_texts(texts: list[str], run_dir: Optional[Path] = None, model_name: O
         if not isinstance(run.model, EmbeddingHead):
             raise ClueRunError(f"{run_dir}: its head is {type(run.model).__name__}; encoding needs an embedding head")
     else:
-        cfg = build_config({"task": "stsb", "model": {"name": model_name}, "head": {"name": "embedding", "pooling": pooling},
+        # The model as it is: a vocabulary trimmed to some task's texts would split the user's texts otherwise.
+        cfg = build_config({"task": "stsb", "model": {"name": model_name, "trim_vocab": False},
+                            "head": {"name": "embedding", "pooling": pooling},
                             "train": {"max_steps": 0}})
         run = build(cfg, device=device)
+    run.check_vocabulary(texts, "the input")
     examples = [Example(i, t, None, None) for i, t in enumerate(texts)]
     enc = encode_examples(examples, run.tokenizer, max_length)
     graphed = GraphedForward(run.model, run.amp) if run.device.type == "cuda" else None
     vectors, _ = predict_logits(run.model, enc, batch_size, run.tokenizer.pad_token_id, run.device, run.amp, graphed)
     return vectors.astype(np.float32)
+
+
+def dry_run(cfg: ExperimentConfig) -> dict:
+    """What `train` would do, writing nothing to the output directory: the resolved config, split
+    sizes, optimizer steps and parameter counts (the model is built, not trained; no vocabulary trim
+    is written, its effect is named instead)."""
+    import math
+
+    from .engine.build import _trim_skip
+    from .models import resolve_model
+
+    task = get_task(cfg.task)
+    trains = cfg.train.max_steps != 0
+    train_data = load_task_split(cfg, task, cfg.data.train_split, cfg.data.max_train_examples, training=True) if trains else None
+    eval_data = load_task_split(cfg, task, cfg.data.eval_split, cfg.data.max_eval_examples)
+    model_path = resolve_model(cfg.model.name)
+    trim = bool(cfg.model.trim_vocab) and not _trim_skip(cfg, model_path)
+    untrimmed = cfg.model_copy(deep=True)
+    untrimmed.model.trim_vocab = False
+    counts = build(untrimmed, device="cpu").parameter_counts()
+    n_train = len(train_data.examples) if trains else 0
+    steps_per_epoch = math.ceil(math.ceil(n_train / cfg.train.batch_size) / cfg.train.grad_accum)
+    steps = cfg.train.max_steps if cfg.train.max_steps is not None else steps_per_epoch * cfg.train.epochs
+    return {"config": cfg.model_dump(mode="json"), "task": task.name, "model": model_path,
+            "splits": {cfg.data.train_split: n_train, cfg.data.eval_split: len(eval_data.examples)},
+            "steps_per_epoch": steps_per_epoch, "steps": steps, "warmup_steps": int(cfg.train.warmup * steps),
+            "parameters": counts["total"], "trainable_parameters": counts["trainable"],
+            "vocabulary_trim": "would trim to the task's texts (parameters shown untrimmed)" if trim else "no",
+            "output_dir": cfg.output_dir}

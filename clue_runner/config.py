@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 import difflib
@@ -23,9 +23,10 @@ class Strict(BaseModel):
 class ModelConfig(Strict):
     name: str = DEFAULT_MODEL  # hub id, local checkpoint directory, or a packaged name
     dropout: float = Field(0.1, ge=0, lt=1)  # dropout before the head's classifier
-    # Cut the vocabulary to the task's texts first (Unigram tokenizers only; cached). Same hidden
-    # states on the task, far fewer parameters to update: the embedded model is ~80% embeddings.
-    trim_vocab: bool = False
+    # Cut the vocabulary to the task's texts first (cached). Same hidden states on the task, far fewer
+    # parameters to update: the embedded model is ~80% embeddings. auto: where the tokenizer allows it
+    # (Unigram/SentencePiece) and it pays (a large vocabulary); true: required (an error otherwise).
+    trim_vocab: Union[Literal["auto"], bool] = "auto"
     # Train even where the checkpoint lacks encoder weights (they start random); off: refused with one line.
     allow_random_init: bool = False
 
@@ -63,7 +64,10 @@ class TrainConfig(Strict):
     patience: Optional[int] = Field(None, ge=1)  # evaluations without improvement
     checkpoint_every: Optional[int] = Field(None, ge=1)  # steps; resume state is also saved at every eval
     seed: int = 42
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    # auto: bf16 autocast on CUDA, fp32 on CPU; fp16: float16 autocast with a gradient scaler on CUDA
+    # (GPUs without bf16: T4, V100), fp32 on CPU
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    report_to: list[Literal["tensorboard", "wandb"]] = []  # training logs (in the run's logs/), as transformers
     device: Literal["auto", "cpu", "cuda"] = "auto"
     group_by_length: bool = True
     cuda_graphs: bool = True  # on CUDA, replay each step as a captured graph (falls back to eager when a method needs it)
@@ -218,7 +222,7 @@ SYNONYMS = {
     "per_device_train_batch_size": "batch_size", "train_batch_size": "batch_size",
     "per_device_eval_batch_size": "eval_batch_size", "gradient_accumulation_steps": "grad_accum",
     "warmup_ratio": "warmup", "max_seq_length": "max_length", "max_seq_len": "max_length",
-    "model_name_or_path": "name", "fp16": "precision", "bf16": "precision", "data_dir": "dir",
+    "model_name_or_path": "name", "fp16": "precision", "bf16": "precision", "logging_dir": "report_to", "data_dir": "dir",
     "early_stopping_patience": "patience", "eval_steps": "eval_every", "save_steps": "checkpoint_every",
 }
 

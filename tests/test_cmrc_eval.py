@@ -112,3 +112,91 @@ def test_registered_metrics():
     # Through compute_metrics, which turns equal-length answer lists into a 2-D string array.
     m = compute_metrics(["cmrc_em", "cmrc_f1"], [["北京"], ["上海"]], ["北京", "上"], 0)
     assert m == pytest.approx({"cmrc_em": 0.5, "cmrc_f1": 5 / 6})
+
+
+# The official cmrc2018_evaluate.py F1, verbatim but for nltk.word_tokenize -> NLTKWordTokenizer().tokenize
+# (word_tokenize needs the downloaded punkt data): the reference our F1 must equal.
+def _official_mixed_segmentation(in_str, rm_punc=False):
+    import re
+
+    from nltk.tokenize import NLTKWordTokenizer
+
+    word_tokenize = NLTKWordTokenizer().tokenize
+    in_str = str(in_str).lower().strip()
+    segs_out = []
+    temp_str = ""
+    sp_char = ['-', ':', '_', '*', '^', '/', '\\', '~', '`', '+', '=', '，', '。', '：', '？', '！', '“', '”', '；', '’',
+               '《', '》', '……', '·', '、', '「', '」', '（', '）', '－', '～', '『', '』']
+    for char in in_str:
+        if rm_punc and char in sp_char:
+            continue
+        if re.search(r'[\u4e00-\u9fa5]', char) or char in sp_char:
+            if temp_str != "":
+                segs_out.extend(word_tokenize(temp_str))
+                temp_str = ""
+            segs_out.append(char)
+        else:
+            temp_str += char
+    if temp_str != "":
+        segs_out.extend(word_tokenize(temp_str))
+    return segs_out
+
+
+def _official_f1(answers, prediction):
+    def find_lcs(s1, s2):
+        m = [[0 for i in range(len(s2) + 1)] for j in range(len(s1) + 1)]
+        mmax = 0
+        for i in range(len(s1)):
+            for j in range(len(s2)):
+                if s1[i] == s2[j]:
+                    m[i + 1][j + 1] = m[i][j] + 1
+                    mmax = max(mmax, m[i + 1][j + 1])
+        return mmax
+
+    f1_scores = []
+    for ans in answers:
+        ans_segs = _official_mixed_segmentation(ans, rm_punc=True)
+        prediction_segs = _official_mixed_segmentation(prediction, rm_punc=True)
+        lcs_len = find_lcs(ans_segs, prediction_segs)
+        if lcs_len == 0:
+            f1_scores.append(0)
+            continue
+        precision = 1.0 * lcs_len / len(prediction_segs)
+        recall = 1.0 * lcs_len / len(ans_segs)
+        f1_scores.append((2 * precision * recall) / (precision + recall))
+    return max(f1_scores)
+
+
+@pytest.mark.parametrize("golds,pred", [
+    (["John's book"], "john 's book"),
+    (["don't stop"], "do n't"),
+    (['"Hello" world'], "hello"),
+    (["U.S. army"], "U.S. army."),
+    (["1.5米"], "1.5"),
+    (["«Le Monde» 报"], "Le Monde"),
+    (["‘Tom’ and Jerry…"], "Tom and Jerry"),
+    (["A–B road"], "A B road"),
+    (["wait... what"], "wait what"),
+])
+def test_f1_equals_the_official_script_on_non_chinese_text(golds, pred):
+    assert f1_score(golds, pred) == pytest.approx(_official_f1(golds, pred))
+
+
+def test_f1_equals_the_official_script_on_perturbed_dev_predictions(data_dir):
+    import random
+
+    from clue_runner.data.splits import load_split
+    from clue_runner.tasks import get_task
+
+    rng = random.Random(0)
+    examples = load_split(get_task("cmrc2018"), "dev", data_dir=data_dir).examples[:400]
+    marks = ["'s", " n't", "...", ".", "‘", "«", "»", "–", '"', " ", "a", "1"]
+    checked = 0
+    for ex in examples:
+        golds = ex.label
+        text = golds[0]
+        cut = rng.randrange(len(text) + 1)
+        pred = text[:cut] + rng.choice(marks) + text[cut:]
+        assert f1_score(golds, pred) == pytest.approx(_official_f1(golds, pred)), (golds, pred)
+        checked += 1
+    assert checked > 100

@@ -67,3 +67,18 @@ def test_tokenization_cache_is_reused_and_keyed(tiny_model, monkeypatch):
     assert calls == [] and again.segments[""].ids.tolist() == first.segments[""].ids.tolist()
     encode_examples(examples, tok, 16)  # another max_length is another cache entry
     assert len(calls) == 1
+
+
+def test_a_freed_tokenizers_fingerprint_is_not_inherited(tiny_model, monkeypatch):
+    """id() of a garbage-collected tokenizer is reused; the new tokenizer must get its own fingerprint."""
+    from transformers import AutoTokenizer
+
+    from clue_runner.features import tokenize
+
+    first = AutoTokenizer.from_pretrained(tiny_model)
+    fingerprint = tokenize.tokenizer_fingerprint(first)
+    second = AutoTokenizer.from_pretrained(tiny_model)
+    second.backend_tokenizer.normalizer = None  # tokenizes otherwise (no lower-casing)
+    monkeypatch.setattr(tokenize, "id", lambda obj: 1, raising=False)  # as if `second` reused first's id
+    tokenize.tokenizer_fingerprint(first)
+    assert tokenize.tokenizer_fingerprint(second) != fingerprint

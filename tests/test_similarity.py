@@ -29,10 +29,59 @@ def test_correlations_match_scipy_and_are_registered():
 
 
 @pytest.mark.filterwarnings("error")  # no ConstantInputWarning either
-def test_correlations_of_constant_input_are_zero():
-    assert spearman([1, 2, 3], [0.5, 0.5, 0.5]) == 0.0
-    assert pearson([2, 2, 2], [0.1, 0.2, 0.3]) == 0.0
-    assert spearman([1], [0.3]) == 0.0
+def test_correlations_of_constant_input_are_nan_as_in_scipy():
+    import math
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert math.isnan(stats.spearmanr([1, 2, 3], [0.5, 0.5, 0.5]).statistic)  # the reference
+    assert math.isnan(spearman([1, 2, 3], [0.5, 0.5, 0.5]))
+    assert math.isnan(pearson([2, 2, 2], [0.1, 0.2, 0.3]))
+    assert math.isnan(spearman([1], [0.3]))
+
+
+def test_a_nan_evaluation_never_becomes_the_best():
+    from clue_runner.engine.trainer import _better
+
+    nan = float("nan")
+    assert not _better(nan, 0.1) and _better(0.1, nan) and _better(0.2, 0.1) and not _better(nan, nan)
+
+
+def test_reports_show_an_undefined_score_as_null_in_json():
+    from clue_runner.report import _round
+
+    assert _round(float("nan")) is None and _round([0.5, float("nan")]) == [0.5, None]
+
+
+def test_whitening_equals_sklearn_pca_whiten():
+    from sklearn.decomposition import PCA
+
+    from clue_runner.heads.layers.whitening import apply_whitening, fit_whitening
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 12)) @ rng.normal(size=(12, 12))  # correlated dimensions
+    for k in (None, 5):
+        kernel, bias = fit_whitening(x, k)
+        ours = apply_whitening(x, kernel, bias).astype(np.float64)
+        ref = PCA(n_components=k, whiten=True, svd_solver="full").fit_transform(x)
+        signs = np.sign(np.sum(ours * ref, axis=0))  # components are defined up to sign
+        np.testing.assert_allclose(ours * signs, ref, atol=1e-4)
+
+
+def test_rank_deficient_covariance_is_warned_about():
+    from clue_runner.heads.layers.whitening import fit_whitening
+
+    x = np.random.default_rng(0).normal(size=(5, 16))  # 5 sentences, 16 dimensions: rank 4
+    with pytest.warns(UserWarning, match="rank 4 of 16"):
+        fit_whitening(x)
+    with pytest.warns(UserWarning, match="rank 4 of 16"):
+        fit_whitening(x, 8)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit_whitening(x, 4)  # within the rank: nothing to warn about
 
 
 @pytest.mark.parametrize(

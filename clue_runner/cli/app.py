@@ -18,6 +18,24 @@ model_app = typer.Typer(no_args_is_help=True, help="Prepare models (packaged mod
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(model_app, name="model")
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            shown = version("clue-run")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            shown = "unknown (not installed)"
+        typer.echo(f"clue-run {shown}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")):
+    """Fine-tune and score Chinese encoders on CLUE-style tasks."""
+
+
 out = Console()
 err = Console(stderr=True)
 DEBUG_ENV = "CLUE_RUN_DEBUG"

@@ -11,8 +11,11 @@ from rich.table import Table
 from ..errors import ClueRunError
 from ..registry import did_you_mean
 from .app import app, err, friendly_errors, out
+from .tables import print_grid
 
 DEFAULT_RESULTS = Path("results")
+# Example runs shipped in the repository (docs are generated from them): reported only when named.
+SHIPPED_EXAMPLES = Path(__file__).resolve().parents[2] / "results" / "examples"
 
 
 def _names(values: List[str]) -> list[str]:
@@ -20,38 +23,39 @@ def _names(values: List[str]) -> list[str]:
     return [v.strip() for value in values for v in value.split(",") if v.strip()]
 
 
-def _score_table(report) -> Table:
+def _score_grid(report):
     from ..report import format_cell, format_score
+    from .tables import Grid
 
     avg = ["avg"] if report.has_avg else []
-    table = Table(title="CLUE report")
-    for col in ["system", *report.tasks, *avg]:
-        table.add_column(col, justify="left" if col == "system" else "right")
+    columns = ["system", *report.tasks, *avg]
+    grid = Grid(columns, justify=["left"] + ["right"] * (len(columns) - 1), title="CLUE report")
     for i, row in enumerate(report.rows):
-        if row.published and i > 0 and not report.rows[i - 1].published:
-            table.add_section()  # the user's rows first, then the published ones
-        table.add_row(row.label, *(format_cell(row.cells.get(t)) for t in report.tasks),
-                      *(format_score(row.avg(report.tasks)) for _ in avg), style="dim italic" if row.published else None)
-    return table
+        grid.add_row(row.label, *(format_cell(row.cells.get(t)) for t in report.tasks),
+                     *(format_score(row.avg(report.tasks)) for _ in avg), style="dim italic" if row.published else None,
+                     # the user's rows first, then the published ones
+                     section=row.published and i > 0 and not report.rows[i - 1].published)
+    return grid
 
 
-def _throughput_table(report) -> Table:
+def _throughput_grid(report):
     from ..report import format_count, format_score, format_share, throughput_rows
+    from .tables import Grid
 
-    table = Table(title="Training throughput (mean over runs)")
-    for col, justify in (("system", "left"), ("task", "left"), ("n", "right"), ("train samples/s", "right"),
-                         ("tokens/s", "right"), ("s/epoch", "right"), ("padding share", "right")):
-        table.add_column(col, justify=justify)
+    grid = Grid(["system", "task", "n", "train samples/s", "tokens/s", "s/epoch", "padding share"],
+                justify=["left", "left", "right", "right", "right", "right", "right"],
+                title="Training throughput (mean over runs)")
     for label, task, cell in throughput_rows(report):
-        table.add_row(label, task, str(cell.n), format_score(cell.train_samples_per_s), format_count(cell.train_tokens_per_s),
-                      format_score(cell.seconds_per_epoch), format_share(cell.padding_share))
-    return table
+        grid.add_row(label, task, str(cell.n), format_score(cell.train_samples_per_s), format_count(cell.train_tokens_per_s),
+                     format_score(cell.seconds_per_epoch), format_share(cell.padding_share))
+    return grid
 
 
 @app.command()
 @friendly_errors
 def report(
-    results_dirs: Optional[List[Path]] = typer.Argument(None, help="Directories to search for run.json (default: results)."),
+    results_dirs: Optional[List[Path]] = typer.Argument(None, help="Directories to search for run.json (default: the --config's output_dir, else results; the shipped results/examples only when named)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Report the runs of this experiment config's output_dir."),
     latest: bool = typer.Option(False, "--latest", help="Only the newest run per task × model × method × seed."),
     task: List[str] = typer.Option([], "--task", help="Only these tasks (repeatable or comma list); also sets the column order."),
     model: List[str] = typer.Option([], "--model", help="Only these models, by slug or name (repeatable or comma list)."),
@@ -69,8 +73,17 @@ def report(
         raise ClueRunError(f"--format {fmt!r}{did_you_mean(fmt, rep.FORMATS)} (choose {', '.join(rep.FORMATS)})")
     sources = rep.load_baselines(_names(baselines))
     # A missing default results/ is just "no runs yet"; a directory the user named must exist.
-    dirs = results_dirs or ([DEFAULT_RESULTS] if DEFAULT_RESULTS.is_dir() else [])
-    runs = rep.load_runs(dirs)
+    if results_dirs:
+        dirs, skip = results_dirs, []
+    else:
+        default = DEFAULT_RESULTS
+        if config is not None:
+            from ..config import load_config
+
+            default = Path(load_config(config).output_dir)
+        dirs = [default] if default.is_dir() else []
+        skip = [SHIPPED_EXAMPLES]  # the repository's example runs are not the user's
+    runs = rep.load_runs(dirs, skip)
     if not runs and not sources:
         where = ", ".join(map(str, dirs)) or f"{DEFAULT_RESULTS} (not found)"
         raise ClueRunError(f"no run results (run.json) under {where}; train with `clue-run train` first")
@@ -82,9 +95,9 @@ def report(
     result = rep.build_report(rep.aggregate(runs, metric), tasks, sources)
 
     if fmt == "table":
-        out.print(_score_table(result))
+        print_grid(_score_grid(result), out)
         if throughput:
-            out.print(_throughput_table(result))
+            print_grid(_throughput_grid(result), out)
         out.print("\n".join(rep.notes(result)), markup=False, highlight=False)
     else:
         text = {"markdown": lambda: rep.to_markdown(result, throughput), "csv": lambda: rep.to_csv(result, throughput),

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from ..errors import ClueRunError, ConfigError
-from .app import app, friendly_errors, model_app, out, tasks_app
+from .app import app, err, friendly_errors, model_app, out, tasks_app
 
 def _metrics_table(title: str, rows: list[tuple[str, dict]]) -> Table:
     names = list(rows[0][1]) if rows else []
@@ -30,10 +30,25 @@ def train(
     set_: List[str] = typer.Option([], "--set", help="Override a config key, e.g. --set train.lr=3e-5 (repeatable)."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds: one run per seed, e.g. 1,2,3."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run directory."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config, split sizes, steps and parameter counts; train and write nothing."),
 ):
     """Fine-tune a model on a task and write a scored run JSON."""
+    import yaml
+
     from .. import api
     from ..config import load_config
+
+    if dry_run:
+        if config is None:
+            raise ClueRunError("--dry-run needs --config FILE")
+        plan = api.dry_run(load_config(config, set_))
+        resolved = plan.pop("config")
+        out.print(yaml.safe_dump(resolved, allow_unicode=True, sort_keys=False), markup=False, highlight=False)
+        for key, value in plan.items():
+            shown = ", ".join(f"{k} {v:,}" for k, v in value.items()) if isinstance(value, dict) else (
+                f"{value:,}" if isinstance(value, int) else value)
+            out.print(f"{key.replace('_', ' ')}: {shown}", markup=False, highlight=False, soft_wrap=True)
+        return
 
     if resume is not None:
         given = [flag for flag, value in (("--config", config), ("--set", set_), ("--seeds", seeds)) if value]
@@ -67,16 +82,17 @@ def train(
 @app.command("eval")
 @friendly_errors
 def eval_(
-    run: Path = typer.Option(..., "--run", help="A run directory written by `clue-run train`."),
+    run: Path = typer.Option(..., "--run", help="A run directory written by `clue-run train`, or with --task a plain transformers checkpoint directory."),
     split: str = typer.Option("dev", "--split"),
     data_dir: Optional[str] = typer.Option(None, "--data-dir"),
     device: str = typer.Option("auto", "--device"),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    task: Optional[str] = typer.Option(None, "--task", help="Score a checkpoint fine-tuned elsewhere (e.g. a saved BertForSequenceClassification) on this task."),
 ):
-    """Score a run's best checkpoint on a labelled split."""
+    """Score a run's best checkpoint (or a fine-tuned checkpoint with --task) on a labelled split."""
     from .. import api
 
-    result = api.evaluate(run, split, data_dir, device)
+    result = api.evaluate(run, split, data_dir, device, task)
     if as_json:
         out.print_json(json.dumps(result))
     else:
@@ -127,14 +143,19 @@ def encode(
 
     if not input_file.is_file():
         raise ClueRunError(f"input file not found: {input_file}")
+    # Row i of the output is line i of the input: a blank line is encoded as an empty text, not dropped.
+    texts = [""] * _line_count(input_file)
     if field:
-        texts = []
         for line_no, row in read_json_lines(input_file):
             if not isinstance(row.get(field), str):
                 raise ClueRunError(f"{input_file}:{line_no}: field {field!r}: missing or not text")
-            texts.append(row[field])
+            texts[line_no - 1] = row[field]
     else:
-        texts = [row["text"] for _, row in read_lines(input_file)]
+        for line_no, row in read_lines(input_file):
+            texts[line_no - 1] = row["text"]
+    blank = sum(not t.strip() for t in texts)
+    if blank:
+        err.print(f"{input_file}: {blank} blank line(s) encoded as empty texts, so row i stays line i", highlight=False)
     vectors = api.encode_texts(texts, run, None if run else model, pooling, max_length, batch_size, device)
     buffer = io.BytesIO()
     np.save(buffer, vectors)
@@ -142,20 +163,54 @@ def encode(
     out.print(f"{output}: {vectors.shape[0]} × {vectors.shape[1]} float32", highlight=False)
 
 
+TASK_LIST_FORMATS = ("table", "plain", "markdown", "csv", "json")
+
+
+def _line_count(path: Path) -> int:
+    import gzip
+
+    with (gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")) as fh:
+        return sum(1 for _ in fh)
+
+
 @tasks_app.command("list")
 @friendly_errors
-def tasks_list():
+def tasks_list(
+    fmt: Optional[str] = typer.Option(None, "--format", help="table (a terminal's default), plain (the default when piped), markdown, csv or json."),
+):
     """Every built-in task with its head, labels and main metric."""
+    from ..registry import did_you_mean
     from ..tasks import builtin_task_names, get_task
+    from .tables import Grid, print_grid
 
-    table = Table()
-    for col in ("task", "benchmark", "head", "labels", "main metric", "description"):
-        table.add_column(col)
+    if fmt is not None and fmt not in TASK_LIST_FORMATS:
+        raise ClueRunError(f"--format {fmt!r}{did_you_mean(fmt, TASK_LIST_FORMATS)} (choose {', '.join(TASK_LIST_FORMATS)})")
+    grid = Grid(["task", "benchmark", "head", "labels", "main metric", "description"], free_text_last=True,
+                title="built-in tasks")
     for name in builtin_task_names():
         t = get_task(name)
         labels = str(len(t.label.values)) if t.label.values else t.label.kind  # score, or structured gold
-        table.add_row(name, t.benchmark, t.head, labels, t.main_metric, t.description)
-    out.print(table)
+        grid.add_row(name, t.benchmark, t.head, labels, t.main_metric, t.description)
+    if fmt in (None, "table", "plain"):
+        print_grid(grid, out, plain=None if fmt is None else fmt == "plain")
+    else:
+        out.print(grid_text(grid, fmt), end="", markup=False, highlight=False, emoji=False, soft_wrap=True)
+
+
+def grid_text(grid, fmt: str) -> str:
+    import csv
+    import io
+
+    if fmt == "json":
+        return json.dumps([dict(zip(grid.headers, row)) for row in grid.rows], ensure_ascii=False, indent=2) + "\n"
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(grid.headers)
+        writer.writerows(grid.rows)
+        return buffer.getvalue()
+    cells = [grid.headers, ["---"] * len(grid.headers), *grid.rows]
+    return "".join("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |\n" for row in cells)
 
 
 @tasks_app.command("show")

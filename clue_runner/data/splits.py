@@ -56,10 +56,22 @@ def _answer_file(path: Path) -> dict:
 
 
 def _hub_rows(task: TaskSpec, split: str) -> Iterator[tuple[int, dict]]:
-    import datasets  # imported here: only hub users pay for it
+    from ..hub import go_offline, hub_unavailable
 
     hub = task.data.hub
-    ds = datasets.load_dataset(hub.path, hub.name, split=hub.splits.get(split, split))
+    where = f"{hub.path}/{hub.name or ''}[{split}]"
+    why = hub_unavailable()
+    if why is not None:
+        go_offline()  # the datasets cache only: no minute of retries
+    import datasets  # imported here: only hub users pay for it
+
+    try:
+        ds = datasets.load_dataset(hub.path, hub.name, split=hub.splits.get(split, split))
+    except Exception as err:  # datasets raises many kinds (connection, not found, script, cache)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        reason = f"the Hugging Face Hub cannot be reached ({why}) and it is not cached" if why else first
+        raise DataError(f"data.source hub: cannot load {where}: {reason}; use data.source: local with "
+                        "data.dir (or $CLUE_DATA_DIR)") from None
     label_feature = ds.features.get(task.label.field)
     names = getattr(label_feature, "names", None)
     for i, row in enumerate(ds, start=1):
@@ -127,7 +139,8 @@ def load_split(
         if task.data.hub is None:
             raise DataError(f"task {task.name!r} names no datasets hub path (data.hub in its YAML)")
         origins = [f"hub:{task.data.hub.path}/{task.data.hub.name or ''}[{split}]"]
-        rows = ((origins[0], where, row) for where, row in _hub_rows(task, split))
+        hub_rows = list(_hub_rows(task, split))
+        rows = ((origins[0], where, row) for where, row in hub_rows)
     else:
         layout = task.split_layout(split, variant)
         directory = resolve_data_dir(data_dir) / task.data.dir

@@ -26,7 +26,7 @@ from ..errors import ClueRunError, ConfigError, DataError
 from ..features import Encoded
 from ..heads import Head, resolve_head
 from ..methods import BuildContext, Method, build_methods, check_methods
-from ..models import load_tokenizer, resolve_model
+from ..models import load_model_config, load_tokenizer, resolve_model
 from ..models.backbone import load_backbone
 from ..paths import cache_root
 from ..tasks import TaskSpec, get_task
@@ -53,8 +53,30 @@ class Built:
     graphed: Optional[GraphedForward] = None
     load_report: dict = field(default_factory=dict)
 
+    full_tokenizer: object = None  # the untrimmed tokenizer, when the model's vocabulary was trimmed
+    warn: Callable[[str], None] = field(default=None, repr=False)
+    vocabulary_mismatches: int = 0  # texts counted by check_vocabulary
+
     def encode(self, data: SplitData) -> Encoded:
+        if self.full_tokenizer is not None:
+            self.check_vocabulary(example_texts(data.examples), data.source)
         return self.featurize(data.examples, self.tokenizer, self.cfg.data.max_length)
+
+    def check_vocabulary(self, texts: list[str], source: str) -> int:
+        """Texts the trimmed vocabulary tokenizes otherwise than the full model would: counted and warned about."""
+        from ..models.trim import tokenization_mismatches
+
+        if self.full_tokenizer is None or not texts:
+            return 0
+        differ = tokenization_mismatches(self.tokenizer, self.full_tokenizer, texts)
+        self.vocabulary_mismatches += differ
+        if differ:
+            (self.warn or _warn)(
+                f"warning: {differ:,} of {len(texts):,} texts of {source} tokenize differently with the trimmed "
+                f"vocabulary than with the full {self.cfg.model.name} (pieces trimming removed); scores on them may "
+                "differ from the untrimmed model's. Train with model.trim_vocab: false (or trim on these texts too) "
+                "for exact agreement")
+        return differ
 
     def parameter_counts(self) -> dict:
         params = list(self.model.parameters())
@@ -110,9 +132,16 @@ def task_texts(task: TaskSpec, data_dir: Optional[str]) -> list[str]:
                 data = load_split(task, split, data_dir=data_dir, variant=variant, on_bad_row="skip")
             except DataError:
                 continue  # e.g. a split this download does not have
-            for ex in data.examples:
-                texts += [t for t in (ex.text_a, ex.text_b) if t]
-                texts += [choice_text(ex.text_a, c) for c in ex.extra.get("choices", ())]
+            texts += example_texts(data.examples)
+    return texts
+
+
+def example_texts(examples) -> list[str]:
+    """The input texts of examples as the featurizers see them (choices joined to their context)."""
+    texts = []
+    for ex in examples:
+        texts += [t for t in (ex.text_a, ex.text_b) if t]
+        texts += [choice_text(ex.text_a, c) for c in ex.extra.get("choices", ())]
     return texts
 
 
@@ -143,11 +172,9 @@ def _silent(message: str) -> None:
 
 def check_positions(cfg: ExperimentConfig, model_path: str, methods: list[Method], log: Callable[[str], None]) -> None:
     """Refuse a `data.max_length` the model's learned position table cannot hold (a hint to long_positions)."""
-    from transformers import AutoConfig
-
     from ..models.positions import is_rotary, usable_positions
 
-    config = AutoConfig.from_pretrained(model_path)
+    config = load_model_config(model_path, cfg.model.name)
     usable = usable_positions(config)
     extended = max((m.max_positions() or 0 for m in methods), default=0)
     if usable is None or cfg.data.max_length <= max(usable, extended):
@@ -166,12 +193,10 @@ def model_for(task: TaskSpec, model_path: str, head_cfg=None, dropout: float = 0
               max_length: Optional[int] = None) -> Head:
     """The head module on a backbone loaded from `model_path` as the kind the head and methods need,
     with the methods' model surgery applied."""
-    from transformers import AutoConfig
-
     from ..models.positions import extend_positions, is_rotary
 
     head_cls, head_params = resolve_head(task, head_cfg)
-    model_config = AutoConfig.from_pretrained(model_path)
+    model_config = load_model_config(model_path, name)
     kind = next((m.backbone_kind for m in methods if m.backbone_kind), None) or head_cls.kind_for(task, head_params, model_config)
     if seed is not None:
         seed_everything(seed)  # new head weights depend on the seed only
@@ -224,15 +249,21 @@ def build(cfg: ExperimentConfig, checkpoint: Optional[Path] = None, device: str 
     methods = build_methods(cfg.methods)
     head_cls, head_params = resolve_head(task, cfg.head)
     check_methods(methods, head_cls, task, head_params)
+    full_tokenizer = None
     if checkpoint is None:
         model_path = resolve_model(cfg.model.name)
         check_positions(cfg, model_path, methods, log)  # before any cache is written
-        if cfg.model.trim_vocab:
+        skip = _trim_skip(cfg, model_path)
+        if skip:
+            log(f"model.trim_vocab auto: the vocabulary of {cfg.model.name} is kept whole ({skip})")
+        elif cfg.model.trim_vocab:
             model_path = trimmed_model(model_path, task, cfg.data.dir, log)
     else:
         model_path = str(checkpoint)
     _check_max_length(cfg, model_path)
     tokenizer = load_tokenizer(model_path)
+    if checkpoint is not None:
+        full_tokenizer = _untrimmed_tokenizer(cfg, tokenizer)
     ctx = BuildContext(task=task, tokenizer=tokenizer, config=cfg, log=log, training=checkpoint is None)
     model = model_for(task, model_path, cfg.head, cfg.model.dropout, methods, ctx, cfg.model.allow_random_init,
                       seed=cfg.train.seed, name=cfg.model.name if checkpoint is None else str(checkpoint),
@@ -247,4 +278,34 @@ def build(cfg: ExperimentConfig, checkpoint: Optional[Path] = None, device: str 
     dev = pick_device(requested)
     model.to(dev)
     return Built(cfg, task, tokenizer, model, methods, model_path, featurize, predict, dev,
-                 autocast_dtype(cfg.train.precision, dev), load_report=report.as_dict() if report else {})
+                 autocast_dtype(cfg.train.precision, dev), load_report=report.as_dict() if report else {},
+                 full_tokenizer=full_tokenizer)
+
+
+def _trim_skip(cfg: ExperimentConfig, model_path: str) -> Optional[str]:
+    """Why `trim_vocab: auto` keeps this model's vocabulary whole (None: trim, or trimming is off)."""
+    from ..models.trim import trim_skip_reason
+
+    return trim_skip_reason(model_path) if cfg.model.trim_vocab == "auto" else None
+
+
+def _untrimmed_tokenizer(cfg: ExperimentConfig, tokenizer):
+    """The configured model's full tokenizer when the run trained on a trimmed vocabulary, so text the
+    trimmed vocabulary splits differently is counted; None when the vocabulary was not trimmed."""
+    if not cfg.model.trim_vocab:
+        return None
+    try:
+        full_path = resolve_model(cfg.model.name)
+        if _trim_skip(cfg, full_path):
+            return None
+        full = load_tokenizer(full_path)
+    except ClueRunError as err:
+        _warn(f"warning: cannot load the untrimmed tokenizer of {cfg.model.name} to check the trimmed vocabulary: {err}")
+        return None
+    return full if len(full) != len(tokenizer) else None
+
+
+def _warn(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(message, highlight=False, markup=False, soft_wrap=True)

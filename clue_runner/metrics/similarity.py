@@ -10,20 +10,20 @@ from scipy import stats
 from sklearn import metrics as skm
 
 def _undefined(gold: np.ndarray, scores: np.ndarray) -> bool:
-    # A correlation needs two points and variation on both sides; scipy would return nan.
+    # A correlation needs two points and variation on both sides; otherwise it is NaN, as in scipy.
     return len(gold) < 2 or np.ptp(gold) == 0 or np.ptp(scores) == 0
 
 
 def spearman(gold, scores, num_labels: int | None = None) -> float:
-    """Spearman rank correlation; 0.0 when undefined. num_labels: unused (metric registry signature)."""
+    """Spearman rank correlation; NaN when undefined (a constant prediction). num_labels: unused (metric registry signature)."""
     gold, scores = np.asarray(gold, dtype=np.float64), np.asarray(scores, dtype=np.float64)
-    return 0.0 if _undefined(gold, scores) else float(stats.spearmanr(gold, scores).statistic)
+    return float("nan") if _undefined(gold, scores) else float(stats.spearmanr(gold, scores).statistic)
 
 
 def pearson(gold, scores, num_labels: int | None = None) -> float:
-    """Pearson correlation; 0.0 when undefined. num_labels: unused (metric registry signature)."""
+    """Pearson correlation; NaN when undefined (a constant prediction). num_labels: unused (metric registry signature)."""
     gold, scores = np.asarray(gold, dtype=np.float64), np.asarray(scores, dtype=np.float64)
-    return 0.0 if _undefined(gold, scores) else float(stats.pearsonr(gold, scores).statistic)
+    return float("nan") if _undefined(gold, scores) else float(stats.pearsonr(gold, scores).statistic)
 
 
 def best_threshold(scores, labels) -> float:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from . import quiet_transformers
+from . import _first_line, load_model_config, quiet_transformers
 
 KINDS = ("base", "sequence_classification", "mlm", "pretraining")
 _AUTO = {
@@ -182,10 +182,7 @@ def load_backbone(path: str, kind: str = "base", allow_random_init: bool = False
 
     quiet_transformers()
     shown = name or path
-    try:
-        config = transformers.AutoConfig.from_pretrained(path)
-    except (OSError, ValueError, KeyError) as err:
-        raise ModelError(f"cannot load model {shown!r}: {_first_line(err)}") from None
+    config = load_model_config(path, shown)
     if not has_class(config, kind):
         raise ModelError(f"model {shown!r} ({config.model_type}): transformers has no {_AUTO[kind]} class for it")
     kwargs: dict = {"output_loading_info": True}
@@ -224,7 +221,3 @@ def load_backbone(path: str, kind: str = "base", allow_random_init: bool = False
     backbone.load_report = report
     return backbone
 
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__

@@ -69,6 +69,35 @@ def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
 
 
+# Below this many pieces the embedding matrix is a small share of an encoder: trimming does not pay.
+AUTO_MIN_PIECES = 32000
+
+
+def trim_skip_reason(model_dir) -> str | None:
+    """Why `trim_vocab: auto` leaves `model_dir` as it is (None: trim it)."""
+    model_dir = Path(model_dir)
+    spec_path = model_dir / "tokenizer.json"
+    if not spec_path.is_file() or not (model_dir / "model.safetensors").is_file():
+        return "no tokenizer.json or single-file model.safetensors"
+    try:
+        model = json.loads(spec_path.read_text(encoding="utf-8"))["model"]
+    except (ValueError, KeyError):
+        return "tokenizer.json is not readable"
+    if model.get("type") != "Unigram":
+        return f"its {model.get('type')} tokenizer cannot be trimmed without changing how unseen text tokenizes"
+    if len(model["vocab"]) < AUTO_MIN_PIECES:
+        return f"its vocabulary of {len(model['vocab']):,} pieces is already small"
+    return None
+
+
+def tokenization_mismatches(trimmed, full, texts: list[str]) -> int:
+    """How many of `texts` the trimmed tokenizer splits into other pieces than the full one (pieces
+    the trimming removed). Both are transformers fast tokenizers; compared as piece strings."""
+    a = trimmed.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+    b = full.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+    return sum(x.tokens != y.tokens for x, y in zip(a, b))
+
+
 def trim(model_dir, texts: Iterable[str], out_dir, keep_cjk_chars: bool = True,
          dtype: str = "bfloat16") -> TrimReport:
     """Write a copy of `model_dir` to `out_dir` whose vocabulary holds only what `texts` need.

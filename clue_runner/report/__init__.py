@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -66,13 +67,16 @@ def _run_from_result(path: Path, result: dict) -> Run:
         raise ClueRunError(f"{path}: run result lacks field {err}") from None
 
 
-def load_runs(dirs: Iterable[Path]) -> list[Run]:
-    """Every run.json below the given directories; directories without one are skipped."""
+def load_runs(dirs: Iterable[Path], skip: Iterable[Path] = ()) -> list[Run]:
+    """Every run.json below the given directories (except below `skip`); directories without one are skipped."""
     runs = []
+    skipped = [Path(p).resolve() for p in skip]
     for directory in map(Path, dirs):
         if not directory.exists():
             raise ClueRunError(f"results directory not found: {directory}")
         for path in sorted(directory.rglob(RESULT_FILE)):
+            if any(path.resolve().is_relative_to(s) for s in skipped):
+                continue
             try:
                 result = read_result(path)  # refuses unknown schema versions, naming the file
             except json.JSONDecodeError as err:
@@ -389,6 +393,8 @@ def _round(value, digits: int = 6):
     """Drop the float noise of ×100 (0.55 * 100 = 55.00000000000001), keep real precision."""
     if isinstance(value, list):
         return [_round(v, digits) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None  # an undefined score (NaN) is JSON null, not the invalid literal NaN
     return round(value, digits) if isinstance(value, float) else value
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 # Variances below this are numerical noise (e.g. fewer vectors than dimensions); clamping them
@@ -20,6 +22,13 @@ def fit_whitening(vectors: np.ndarray, k: int | None = None) -> tuple[np.ndarray
         raise ValueError(f"k must be between 1 and {x.shape[1]}, got {k}")
     mu = x.mean(axis=0)
     u, s, _ = np.linalg.svd(np.cov(x.T))  # singular values come sorted, largest first
+    rank = int(np.sum(s > max(s[0], WHITENING_EPS) * 1e-10))
+    if rank < (k or x.shape[1]):
+        # Fewer independent sentences than dimensions: the extra directions are noise, so whitening
+        # to more than `rank` dimensions gives nothing the rank-k result does not.
+        warnings.warn(f"whitening: the covariance of {x.shape[0]} vectors has rank {rank} of {x.shape[1]} "
+                      f"dimensions; whitening_dim {k or x.shape[1]} keeps {(k or x.shape[1]) - rank} noise "
+                      f"direction(s) (set whitening_dim <= {rank} or fit on more sentences)", UserWarning, stacklevel=2)
     kernel = u / np.sqrt(np.maximum(s, WHITENING_EPS))
     return kernel[:, :k], -mu
 
