@@ -5,7 +5,7 @@ fine-tuning (clue-run), and the transformers Trainer doing the reference row's p
 on the same tokens and hyperparameters. Tasks: FewCLUE tnews and eprstmt (few_all → dev_few_all),
 OCNLI train.3k → dev; seeds 1 and 2; the embedded model with its vocabulary trimmed to the task.
 
-One worker process per task runs its rows one after another with ONE torch thread; before each
+One worker process per task and seed runs its rows one after another with ONE torch thread; before each
 run the process's peak-RSS mark is reset (/proc/self/clear_refs), so each row's peak is its own.
 The machine is shared, so throughput comes from process CPU time (the worker switches the
 trainer's clock to `time.process_time`: run.json's train_seconds and samples/s are CPU-time based).
@@ -217,7 +217,7 @@ def write_markdown(results: list[dict], args, wall: float) -> Path:
              f"bench fits a shared 2-core CPU: {args.steps} optimizer steps per run, training data = a seeded random "
              f"{args.train_subset or 'all'} examples of the training file, dev = a random {args.dev_subset or 'all'} of the dev "
              f"file** (eprstmt: all 160 / 160); seeds {args.seeds}. "
-             f"One process per task, one torch thread; samples/s from process CPU time of the training steps "
+             f"One process per task and seed, one torch thread; samples/s from process CPU time of the training steps "
              f"(evaluation excluded); peak RSS per run (the mark reset before each); Δ train = peak RSS minus the peak "
              f"after building the model (activations, gradients, optimizer state). Bench wall time {wall / 60:.1f} min.", ""]
     by = {}
@@ -298,16 +298,17 @@ def main():
     env = {**os.environ, "CLUE_RUN_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     workers = []
+    seeds = [int(s) for s in args.seeds.split(",")]
     for task in args.tasks.split(","):
-        # The first build of a task trims the vocabulary (a peak of its own): done before any row is measured.
-        warm = {"task": task, "row": REFERENCE, "seed": 1, "steps": 0, "eval_limit": 1, "runs_dir": tempfile.mkdtemp(),
-                "data_dir": args.data_dir, "train_limit": None, "max_length": args.max_length}
-        specs = [warm] + [{**warm, "row": row, "seed": seed, "steps": args.steps, "eval_limit": None,
-                           "runs_dir": args.runs_dir}
-                          for row in args.rows.split(",") for seed in (int(s) for s in args.seeds.split(","))]
-        workers.append(subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(specs)], env=env,
-                                        stdout=subprocess.PIPE, text=True))
-    # The tasks' workers run side by side (one thread each): CPU-time rates are per process, so unaffected.
+        for seed in seeds:
+            # The first build of a task trims the vocabulary (a peak of its own): done before any row is measured.
+            warm = {"task": task, "row": REFERENCE, "seed": seed, "steps": 0, "eval_limit": 1, "runs_dir": tempfile.mkdtemp(),
+                    "data_dir": args.data_dir, "train_limit": None, "max_length": args.max_length}
+            specs = [warm] + [{**warm, "row": row, "steps": args.steps, "eval_limit": None, "runs_dir": args.runs_dir}
+                              for row in args.rows.split(",")]
+            workers.append(subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(specs)], env=env,
+                                            stdout=subprocess.PIPE, text=True))
+    # One worker per task and seed, side by side (one thread each): CPU-time rates are per process, so unaffected.
     lines: queue.Queue = queue.Queue()
 
     def pump(proc):
