@@ -22,6 +22,8 @@ METHODS: Registry = Registry("method", {
     "rdrop": "clue_runner.methods.regularization:RDrop",
     "lora": "clue_runner.methods.lora:LoRA",
     "long_positions": "clue_runner.methods.long_positions:LongPositions",
+    "child_tuning": "clue_runner.methods.child_tuning:ChildTuning",
+    "lst": "clue_runner.methods.side_tuning:LST",
 }, "clue_run.methods")
 
 METRICS: Registry = Registry("metric", {

@@ -316,7 +316,7 @@ def test_method_label_keeps_non_default_parameters():
 
     assert label([{"name": "lora"}]) == "finetune+lora"
     assert label([{"name": "lora", "r": 16}]) == "finetune+lora(r=16)"
-    assert label([{"name": "lora", "r": 8}, {"name": "fgm", "epsilon": 0.5}]) == "finetune+lora+fgm(epsilon=0.5)"
+    assert label([{"name": "lora", "r": 8}, {"name": "rdrop", "alpha": 1.0}]) == "finetune+lora+rdrop(alpha=1)"
 
 
 # -- layout: no import cycles -----------------------------------------------------------------

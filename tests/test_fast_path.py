@@ -77,10 +77,10 @@ def test_fast_path_falls_back_when_it_must():
     assert fast_path_blocker(cfg.train, [], cpu) == "no CUDA device"
     fgm = build_methods(build_config({"task": "afqmc", "methods": [{"name": "fgm"}]}).methods)
     assert fast_path_blocker(cfg.train, fgm, cuda) == "fgm hooks into the step"
-    # LoRA only changes the model: a LoRA run keeps the CUDA-graph step, LoRA + FGM does not.
+    # LoRA only changes the model: a LoRA run keeps the CUDA-graph step, LoRA + R-Drop does not.
     lora = build_methods(build_config({"task": "afqmc", "methods": [{"name": "lora"}]}).methods)
     assert fast_path_blocker(cfg.train, lora, cuda) is None
-    both = build_methods(build_config({"task": "afqmc", "methods": [{"name": "lora"}, {"name": "fgm"}]}).methods)
-    assert fast_path_blocker(cfg.train, both, cuda) == "fgm hooks into the step"
+    both = build_methods(build_config({"task": "afqmc", "methods": [{"name": "lora"}, {"name": "rdrop"}]}).methods)
+    assert fast_path_blocker(cfg.train, both, cuda) == "rdrop hooks into the step"
     assert fast_path_blocker(build_config({"task": "afqmc"}, ["train.grad_accum=2"]).train, [], cuda) == "gradient accumulation"
     assert fast_path_blocker(build_config({"task": "afqmc"}, ["train.cuda_graphs=false"]).train, [], cuda) == "train.cuda_graphs is off"

@@ -11,6 +11,7 @@ only what it needs. Build time, in this order:
 - `wrap_featurizer(featurize, ctx)` / `wrap_predictor(predict, ctx)`: rewrite examples before
   tokenization and outputs before decoding (prompts).
 - `param_groups(model)`: parameters with their own learning rate.
+- `conflict(others)`: refuse, at config load, a combination with the other methods (one line).
 - `check(head_cls, task, head_params)`: refuse a head it cannot work with (one line, at config load);
   `accepts` lists the head outputs it works on (R-Drop: class logits only), None = any.
 
@@ -64,6 +65,7 @@ class Method:
     changes_export = False  # True: export() differs from the trained module (the exact state is saved too)
     accepts: Optional[set[str]] = None  # head outputs it works on (Head.output_kind); None = any
     backbone_kind: Optional[str] = None  # a pretrained head the backbone must have
+    no_embedding_grad: Optional[str] = None  # why no gradient reaches the word embeddings (FGM refuses then)
 
     def __init__(self, params: Params):
         self.params = params
@@ -91,6 +93,10 @@ class Method:
 
     def max_positions(self) -> Optional[int]:
         """Input length the method makes the model hold (long_positions); None = unchanged."""
+        return None
+
+    def conflict(self, others: list["Method"]) -> Optional[str]:
+        """Why this method cannot run beside the others in one config (None when it can)."""
         return None
 
     # -- training time
@@ -147,6 +153,10 @@ def build_methods(configs) -> list[Method]:
     names = [c.name for c in configs]
     if len(set(names)) != len(names):
         raise ConfigError(f"methods: {names} lists a method twice")
+    for i, m in enumerate(methods):
+        problem = m.conflict([o for o in methods if o is not m])
+        if problem:
+            raise ConfigError(f"methods.{i}: {problem}")
     kinds = {m.backbone_kind for m in methods if m.backbone_kind}
     if len(kinds) > 1:
         raise ConfigError(f"methods: they need different pretrained heads ({', '.join(sorted(kinds))}); use one")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
+from ..errors import ConfigError
 from . import Method, Params
 
 
@@ -20,8 +21,17 @@ class FGM(Method):
 
     Params = FGMParams
 
+    def conflict(self, others):
+        for other in others:
+            if other.no_embedding_grad:
+                return (f"fgm perturbs the word embeddings along their gradient, but {other.no_embedding_grad}: "
+                        f"fgm would do nothing; drop fgm or {other.name}")
+        return None
+
     def prepare(self, model, batches, compute):
         self.embeddings = model.backbone.input_embeddings().weight
+        if not self.embeddings.requires_grad:  # its gradient would stay None and every step would skip the attack
+            raise ConfigError("methods: fgm needs trained word embeddings; they are frozen in this model")
 
     def after_backward(self, model, batch, compute, scale):
         grad = self.embeddings.grad

@@ -33,6 +33,7 @@ class LoRA(Method):
     Params = LoRAParams
     graphable = True  # only the model changes; the step is the plain one
     changes_export = True
+    no_embedding_grad = "lora freezes the word embeddings (peft trains only the adapters), so no gradient reaches them"
 
     def wrap_model(self, backbone, ctx):
         from peft import LoraConfig, get_peft_model
