@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from datetime import datetime, timezone
@@ -69,6 +70,12 @@ def train(cfg: ExperimentConfig, resume: Optional[Path] = None, on_event: Option
     eval_enc = built.encode(eval_data)
     if trains and model.needs_labels and train_enc.unlabelled():
         raise ClueRunError(f"{train_data.source}: the training split has unlabelled rows")
+    unlabeled = getattr(model, "unlabeled_split", None) if trains else None
+    if unlabeled:  # semi-supervised heads (PET) train on an unlabelled split beside the labelled one
+        pool = load_task_split(cfg, task, unlabeled, getattr(model.params, "unlabeled_examples", None), training=True)
+        train_data = dataclasses.replace(train_data, examples=train_data.examples + pool.examples,
+                                         source=f"{train_data.source} + {pool.source} ({len(pool.examples)} unlabelled)")
+        train_enc = built.encode(train_data)
     threshold_enc = built.threshold_split(cfg.data.eval_split)
 
     run_dir = resume or new_run_dir(cfg.output_dir, task.name, cfg.model.name, cfg.train.seed)

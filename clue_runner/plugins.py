@@ -15,6 +15,8 @@ HEADS: Registry = Registry("head", {
     "multiple_choice": "clue_runner.heads.choice:MultipleChoiceHead",
     "span": "clue_runner.heads.span:SpanHead",
     "global_pointer": "clue_runner.heads.entity:GlobalPointerHead",
+    "pet": "clue_runner.heads.prompt:PetHead",
+    "nsp": "clue_runner.heads.prompt:NspHead",
 }, "clue_run.heads")
 
 METHODS: Registry = Registry("method", {
@@ -22,6 +24,7 @@ METHODS: Registry = Registry("method", {
     "rdrop": "clue_runner.methods.regularization:RDrop",
     "lora": "clue_runner.methods.lora:LoRA",
     "long_positions": "clue_runner.methods.long_positions:LongPositions",
+    "ptuning": "clue_runner.methods.ptuning:PTuning",
 }, "clue_run.methods")
 
 METRICS: Registry = Registry("metric", {
