@@ -117,7 +117,9 @@ def train(cfg: ExperimentConfig, resume: Optional[Path] = None, on_event: Option
                  "main_metric": task.main_metric, "metrics": task.metrics},
         "model": {"name": cfg.model.name, "slug": model_slug(cfg.model.name), "resolved": built.model_path,
                   "parameters": counts["total"], "trainable_parameters": counts["trainable"],
-                  "load_report": built.load_report},
+                  "load_report": built.load_report,
+                  # a stand-in head trained by `clue-run model adapt-mlm`: reports label it "adapted on N sentences"
+                  "adapted": getattr(model.backbone.config, "clue_run_adapted", None)},
         "method": cfg.method_label(),
         "methods": {m.name: m.summary() for m in built.methods if m.summary()},
         "seed": cfg.train.seed,

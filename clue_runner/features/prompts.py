@@ -9,9 +9,10 @@ placeholder characters after tokenization; building the ids piece by piece gives
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
+import torch
 
 from ..errors import ConfigError
 from .encoded import Encoded, Segment
@@ -149,3 +150,17 @@ def bucket_labels(scores: np.ndarray, buckets: int) -> np.ndarray:
         out[chunk] = b
     return out
 
+
+
+def random_mask(input_ids: torch.Tensor, maskable: torch.Tensor, mask_id: int, vocab: int, probability: float,
+                generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's masking: `probability` of the maskable tokens become targets; of those 80 % [MASK],
+    10 % a random token, 10 % kept. Returns (inputs, targets with -100 elsewhere)."""
+    draw = torch.rand(input_ids.shape, device=input_ids.device, generator=generator)
+    chosen = (draw < probability) & maskable
+    targets = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
+    how = torch.rand(input_ids.shape, device=input_ids.device, generator=generator)
+    inputs = torch.where(chosen & (how < 0.8), torch.full_like(input_ids, mask_id), input_ids)
+    randoms = torch.randint(vocab, input_ids.shape, device=input_ids.device, generator=generator)
+    inputs = torch.where(chosen & (how >= 0.8) & (how < 0.9), randoms, inputs)
+    return inputs, targets

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..errors import ConfigError
 from ..features import Encoded
-from ..features.prompts import bucket_labels, fill, nsp_label_prompts, encode_pairs, render_prompts, word_ids
+from ..features.prompts import bucket_labels, encode_pairs, fill, nsp_label_prompts, random_mask, render_prompts, word_ids
 from ..tasks.spec import check_template
 from . import Head
 
@@ -47,20 +47,6 @@ def label_scores(mask_logits: torch.Tensor, label_ids: torch.Tensor) -> torch.Te
     k = label_ids.shape[1]
     per_slot = logp[:, torch.arange(k, device=logp.device)[:, None], label_ids.T]  # [B, k, C]
     return per_slot.sum(1)
-
-
-def random_mask(input_ids: torch.Tensor, maskable: torch.Tensor, mask_id: int, vocab: int, probability: float,
-                generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT's masking: `probability` of the maskable tokens become targets; of those 80 % [MASK],
-    10 % a random token, 10 % kept. Returns (inputs, targets with -100 elsewhere)."""
-    draw = torch.rand(input_ids.shape, device=input_ids.device, generator=generator)
-    chosen = (draw < probability) & maskable
-    targets = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
-    how = torch.rand(input_ids.shape, device=input_ids.device, generator=generator)
-    inputs = torch.where(chosen & (how < 0.8), torch.full_like(input_ids, mask_id), input_ids)
-    randoms = torch.randint(vocab, input_ids.shape, device=input_ids.device, generator=generator)
-    inputs = torch.where(chosen & (how >= 0.8) & (how < 0.9), randoms, inputs)
-    return inputs, targets
 
 
 class PetHead(Head):
