@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import dataclasses
 import shutil
 import time
 from dataclasses import dataclass
@@ -105,6 +106,12 @@ def _prepare(cfg: ExperimentConfig, log) -> _Prepared:
     eval_enc = built.encode(eval_data)
     if trains and built.model.needs_labels and train_enc.unlabelled():
         raise DataError(f"{train_data.source}: the training split has unlabelled rows")
+    unlabeled = getattr(built.model, "unlabeled_split", None) if trains else None
+    if unlabeled:  # semi-supervised heads (PET) train on an unlabelled split beside the labelled one
+        pool = load_task_split(cfg, task, unlabeled, getattr(built.model.params, "unlabeled_examples", None), training=True)
+        train_data = dataclasses.replace(train_data, examples=train_data.examples + pool.examples,
+                                         source=f"{train_data.source} + {pool.source} ({len(pool.examples)} unlabelled)")
+        train_enc = built.encode(train_data)
     threshold_enc = built.encode(threshold_data) if threshold_data is not None else None
     return _Prepared(task, built, train_data, eval_data, train_enc, eval_enc, threshold_enc)
 
@@ -169,7 +176,9 @@ def _train_in(cfg: ExperimentConfig, run: RunDir, prepared: _Prepared, on_event,
                  "main_metric": task.main_metric, "metrics": task.metrics},
         "model": {"name": cfg.model.name, "slug": model_slug(cfg.model.name), "resolved": built.model_path,
                   "parameters": counts["total"], "trainable_parameters": counts["trainable"],
-                  "load_report": built.load_report},
+                  "load_report": built.load_report,
+                  # a stand-in head trained by `clue-run model adapt-mlm`: reports label it "adapted on N sentences"
+                  "adapted": getattr(model.backbone.config, "clue_run_adapted", None)},
         "method": cfg.method_label(),
         "methods": {m.name: m.summary() for m in built.methods if m.summary()},
         "seed": cfg.train.seed,

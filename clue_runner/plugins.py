@@ -15,6 +15,8 @@ HEADS: Registry = Registry("head", {
     "multiple_choice": "clue_runner.heads.choice:MultipleChoiceHead",
     "span": "clue_runner.heads.span:SpanHead",
     "global_pointer": "clue_runner.heads.entity:GlobalPointerHead",
+    "pet": "clue_runner.heads.prompt:PetHead",
+    "nsp": "clue_runner.heads.prompt:NspHead",
 }, "clue_run.heads")
 
 METHODS: Registry = Registry("method", {
@@ -24,6 +26,7 @@ METHODS: Registry = Registry("method", {
     "long_positions": "clue_runner.methods.long_positions:LongPositions",
     "child_tuning": "clue_runner.methods.child_tuning:ChildTuning",
     "lst": "clue_runner.methods.side_tuning:LST",
+    "ptuning": "clue_runner.methods.ptuning:PTuning",
 }, "clue_run.methods")
 
 METRICS: Registry = Registry("metric", {

