@@ -44,10 +44,12 @@ def _saved_config(run_dir: Path) -> ExperimentConfig:
 
 
 def train(cfg: ExperimentConfig, resume: Optional[Path] = None, on_event: Optional[Callable[[Event], None]] = None,
-          log: Callable[[str], None] = _log) -> Path:
+          log: Callable[[str], None] = _log, run_dir: Optional[Path] = None) -> Path:
     """Fine-tune, keep the best checkpoint, write the run JSON; returns the run directory.
 
     With `resume`, continue an interrupted run from its last saved state (its saved config wins).
+    With `run_dir`, write the run there (a sweep's deterministic cell directory) instead of a new
+    timestamped one.
     """
     wall_start = time.perf_counter()
     if resume is not None:
@@ -71,7 +73,8 @@ def train(cfg: ExperimentConfig, resume: Optional[Path] = None, on_event: Option
         raise ClueRunError(f"{train_data.source}: the training split has unlabelled rows")
     threshold_enc = built.threshold_split(cfg.data.eval_split)
 
-    run_dir = resume or new_run_dir(cfg.output_dir, task.name, cfg.model.name, cfg.train.seed)
+    run_dir = resume or (Path(run_dir) if run_dir is not None else
+                         new_run_dir(cfg.output_dir, task.name, cfg.model.name, cfg.train.seed))
     if resume is None:
         atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True, sort_keys=False))
     eval_seconds = []

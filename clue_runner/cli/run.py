@@ -30,6 +30,7 @@ def train(
     set_: List[str] = typer.Option([], "--set", help="Override a config key, e.g. --set train.lr=3e-5 (repeatable)."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds: one run per seed, e.g. 1,2,3."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run directory."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Write the run into this directory (one seed only; `clue-run sweep` uses it)."),
 ):
     """Fine-tune a model on a task and write a scored run JSON."""
     from .. import api
@@ -47,11 +48,13 @@ def train(
                 seed_list = [int(s) for s in seeds.split(",") if s.strip()]
             except ValueError:
                 raise ClueRunError(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 1,2,3") from None
+        if run_dir is not None and len(seed_list) > 1:
+            raise ClueRunError("--run-dir holds one run: give a single seed (or drop --run-dir)")
         run_dirs = []
         for seed in seed_list:
             run_cfg = cfg.model_copy(deep=True)
             run_cfg.train.seed = seed
-            run_dirs.append(api.train(run_cfg))
+            run_dirs.append(api.train(run_cfg, run_dir=run_dir))
     rows = []
     for run_dir in run_dirs:
         result = api.read_run(run_dir)
