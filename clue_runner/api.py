@@ -15,6 +15,7 @@ import yaml
 from .config import ExperimentConfig, build_config
 from .data.splits import Example
 from .engine.build import Built, build, load_task_split
+from .engine import distributed
 from .engine.checkpoint import save_best
 from .engine.evaluate import predict_logits, score
 from .engine.trainer import Event, Trainer
@@ -52,6 +53,9 @@ def train(cfg: ExperimentConfig, resume: Optional[Path] = None, on_event: Option
     timestamped one.
     """
     wall_start = time.perf_counter()
+    writes = distributed.is_main()  # data parallel: every process trains, rank 0 alone logs and writes
+    if not writes:
+        log = lambda _message: None  # noqa: E731
     if resume is not None:
         resume = Path(resume)
         if (resume / RESULT_FILE).is_file():
@@ -75,7 +79,7 @@ def train(cfg: ExperimentConfig, resume: Optional[Path] = None, on_event: Option
 
     run_dir = resume or (Path(run_dir) if run_dir is not None else
                          new_run_dir(cfg.output_dir, task.name, cfg.model.name, cfg.train.seed))
-    if resume is None:
+    if resume is None and writes:
         atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True, sort_keys=False))
     eval_seconds = []
 
@@ -97,7 +101,7 @@ def train(cfg: ExperimentConfig, resume: Optional[Path] = None, on_event: Option
             loss = f"loss {rec['train_loss']:.4f} " if rec["train_loss"] is not None else ""
             log(f"step {rec['step']} epoch {rec['epoch']:.2f} {loss}{shown}"
                 + (" [green]best[/]" if event.improved else ""))
-            if event.improved:
+            if event.improved and writes:
                 save_best(run_dir / BEST_DIR, model, built.tokenizer, built.methods)
         if on_event is not None:
             on_event(event)
@@ -128,6 +132,8 @@ def train(cfg: ExperimentConfig, resume: Optional[Path] = None, on_event: Option
         "environment": environment(built.device),
         "wall_time_s": round(time.perf_counter() - wall_start, 2),  # this process (a resumed run counts its last part)
     }
+    if not writes:
+        return run_dir
     write_result(run_dir, result)
     # The resume state (optimizer moments: twice the model) is only needed until the result exists.
     shutil.rmtree(run_dir / RESUME_DIR, ignore_errors=True)
