@@ -56,6 +56,8 @@ def train(cfg: ExperimentConfig, resume: Optional[Path] = None, on_event: Option
     writes = distributed.is_main()  # data parallel: every process trains, rank 0 alone logs and writes
     if not writes:
         log = lambda _message: None  # noqa: E731
+    if run_dir is not None and (Path(run_dir) / RESULT_FILE).is_file():
+        raise ClueRunError(f"{run_dir} already holds a finished run ({RESULT_FILE}); choose another --run-dir")
     if resume is not None:
         resume = Path(resume)
         if (resume / RESULT_FILE).is_file():

@@ -188,3 +188,9 @@ def test_slurm_launcher_through_submitit_local_executor(tiny_model, data_dir, tm
     assert res.exit_code == 0, res.output
     assert len(run_jsons(tmp_path)) == 2 and commands_run(tmp_path) == 2
     assert any((tmp_path / "sweep" / ".submitit").iterdir())
+
+
+def test_shipped_sweeps_expand():
+    shipped = sorted((Path(__file__).resolve().parents[1] / "configs" / "sweeps").glob("*.yaml"))
+    sizes = {p.stem: len(load_sweep(p).cells) for p in shipped}  # every cell's config validated
+    assert sizes == {"fewclue": 9 * 3 * 2, "fewclue_cpu": 3 * 3 * 2}
