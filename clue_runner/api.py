@@ -17,6 +17,7 @@ import yaml
 
 from .config import ExperimentConfig, build_config, load_config
 from .data.splits import Example
+from .engine import distributed
 from .engine.build import Built, build, load_task_split, threshold_split_data
 from .engine.checkpoint import BEST_MARKER, save_best as save_best_checkpoint
 from .engine.evaluate import predict_logits, score
@@ -48,14 +49,24 @@ def _saved_config(run_dir: Path) -> ExperimentConfig:
 
 
 def train(cfg: Optional[ExperimentConfig], resume: Optional[Path] = None,
-          on_event: Optional[Callable[[Event], None]] = None, log: Callable[[str], None] = _log) -> Path:
+          on_event: Optional[Callable[[Event], None]] = None, log: Callable[[str], None] = _log,
+          run_dir: Optional[Path] = None) -> Path:
     """Fine-tune, keep the best checkpoint, write the run JSON; returns the run directory.
 
     With `resume`, complete an interrupted run from its last committed state with its saved config
-    (see `runs.rundir` for the protocol that makes every interruption resumable).
+    (see `runs.rundir` for the protocol that makes every interruption resumable). With `run_dir`,
+    write the run there (a sweep's deterministic cell directory) instead of a new timestamped one.
+    Data parallel: every process trains; rank 0 alone logs and writes (the others follow read-only).
     """
     wall_start = time.perf_counter()
-    run = RunDir.open(Path(resume)) if resume is not None else None
+    writes = distributed.is_main()
+    if not writes:
+        log = lambda _message: None  # noqa: E731
+    if run_dir is not None and (Path(run_dir) / RESULT_FILE).is_file():
+        raise RunError(f"{run_dir} already holds a finished run ({RESULT_FILE}); choose another --run-dir")
+    run = None
+    if resume is not None:
+        run = RunDir.open(Path(resume)) if writes else RunDir.follow(Path(resume))
     try:
         if run is not None:
             if run.finished:  # resuming is idempotent: a finished run only loses its leftovers
@@ -64,10 +75,13 @@ def train(cfg: Optional[ExperimentConfig], resume: Optional[Path] = None,
                 return run.path
             cfg = _saved_config(run.path)
         prepared = _prepare(cfg, log)  # everything that can fail on bad input, before a run directory exists
-        if run is None:
+        if run is None and not writes:
+            run = RunDir.scratch()  # another rank writes the run; this one needs only somewhere to not write
+        elif run is None:
             config_text = yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True, sort_keys=False)
-            run = RunDir.create(cfg.output_dir, prepared.task.name, cfg.model.name, cfg.train.seed, config_text)
-        else:
+            run = RunDir.create(cfg.output_dir, prepared.task.name, cfg.model.name, cfg.train.seed, config_text,
+                                path=run_dir)
+        elif writes:
             run.recover()
         return _train_in(cfg, run, prepared, on_event, log, wall_start)
     except OSError as err:
@@ -139,7 +153,7 @@ def _train_in(cfg: ExperimentConfig, run: RunDir, prepared: _Prepared, on_event,
                       built.tokenizer.pad_token_id, built.device, resume_dir=run.resume,
                       log_dir=run.path / "logs", run_config=cfg.model_dump(mode="json"))
     best = trainer.state.best
-    if best is not None and run.best_step() != best["step"]:
+    if writes and best is not None and run.best_step() != best["step"]:
         # Killed after the commit that made this step best, before best/ was swapped in: the
         # committed weights are that step's (see runs.rundir), so best/ is written from them.
         if best["step"] != trainer.state.step:
@@ -157,7 +171,7 @@ def _train_in(cfg: ExperimentConfig, run: RunDir, prepared: _Prepared, on_event,
             loss = f"loss {rec['train_loss']:.4f} " if rec["train_loss"] is not None else ""
             log(f"step {rec['step']} epoch {rec['epoch']:.2f} {loss}{shown}"
                 + (" [green]best[/]" if event.improved else ""))
-            if event.improved:
+            if event.improved and writes:
                 save_best()
         if on_event is not None:
             on_event(event)
@@ -193,6 +207,8 @@ def _train_in(cfg: ExperimentConfig, run: RunDir, prepared: _Prepared, on_event,
         "environment": environment(built.device),
         "wall_time_s": round(time.perf_counter() - wall_start, 2),  # this process (a resumed run counts its last part)
     }
+    if not writes:
+        return run_dir
     write_result(run_dir, result)
     # The resume state (optimizer moments: twice the model) is only needed until the result exists.
     shutil.rmtree(run.resume, ignore_errors=True)

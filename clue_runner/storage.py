@@ -253,12 +253,12 @@ class Locked(Exception):
 
 
 class DirLock:
-    """An exclusive `flock` on DIR/.lock for as long as this object lives (released on exit or kill)."""
+    """An exclusive `flock` on DIR/NAME (default `.lock`) for as long as this object lives (released on exit or kill)."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, name: str = ".lock"):
         import fcntl
 
-        self.path = Path(directory) / ".lock"
+        self.path = Path(directory) / name
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from . import report, run  # noqa: F401  (each adds its commands to the app)
+from . import report, run, sweep  # noqa: F401  (each adds its commands to the app)
 from .app import app
 
 __all__ = ["app", "main"]

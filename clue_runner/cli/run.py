@@ -31,12 +31,15 @@ def train(
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds: one run per seed, e.g. 1,2,3."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run directory."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config, split sizes, steps and parameter counts; train and write nothing."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Write the run into this directory (one seed only; `clue-run sweep` uses it)."),
+    num_processes: int = typer.Option(1, "--num-processes", min=1, help="Data parallel over N processes (one per GPU, or CPU processes): the same global batch and results."),
 ):
     """Fine-tune a model on a task and write a scored run JSON."""
     import yaml
 
     from .. import api
     from ..config import load_config
+    from ..engine import distributed
 
     if dry_run:
         if config is None:
@@ -50,6 +53,9 @@ def train(
             out.print(f"{key.replace('_', ' ')}: {shown}", markup=False, highlight=False, soft_wrap=True)
         return
 
+    if num_processes > 1 and not distributed.enabled():
+        _relaunch(num_processes, config, set_, seeds, resume, run_dir)
+        return
     if resume is not None:
         given = [flag for flag, value in (("--config", config), ("--set", set_), ("--seeds", seeds)) if value]
         if given:  # refused, not ignored: a resumed run must train exactly as it started
@@ -66,17 +72,36 @@ def train(
                 seed_list = [int(s) for s in seeds.split(",") if s.strip()]
             except ValueError:
                 raise ClueRunError(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 1,2,3") from None
+        if run_dir is not None and len(seed_list) > 1:
+            raise ClueRunError("--run-dir holds one run: give a single seed (or drop --run-dir)")
         run_dirs = []
         for seed in seed_list:
             run_cfg = cfg.model_copy(deep=True)
             run_cfg.train.seed = seed
-            run_dirs.append(api.train(run_cfg))
+            run_dirs.append(api.train(run_cfg, run_dir=run_dir))
+    if not distributed.is_main():
+        return  # rank 0 wrote the results and prints them
     rows = []
     for run_dir in run_dirs:
         result = api.read_run(run_dir)
         rows.append((f"{result['task']['name']} seed {result['seed']} (step {result['best']['step']})", result["best"]["metrics"]))
         out.print(str(run_dir / "run.json"), highlight=False, soft_wrap=True)
     out.print(_metrics_table(f"best on {run_dirs and api.read_run(run_dirs[0])['task']['eval_split']}", rows))
+
+
+def _relaunch(n: int, config, set_, seeds, resume, run_dir) -> None:
+    """Start N copies of this command under torchrun (as `accelerate launch -m clue_runner train` would)."""
+    import subprocess
+    import sys
+
+    args = [*(["--config", str(config)] if config else []), *(a for s in set_ for a in ("--set", s)),
+            *(["--seeds", seeds] if seeds else []), *(["--resume", str(resume)] if resume else []),
+            *(["--run-dir", str(run_dir)] if run_dir else [])]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
+               "-m", "clue_runner", "train", *args]
+    code = subprocess.run(command).returncode
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("eval")

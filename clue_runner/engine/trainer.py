@@ -24,6 +24,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from ..features import Encoded, collate, to_device, train_batches
 from ..storage import atomic_save, kill_point
+from . import distributed
 from .cuda_graphs import GraphedTrainStep, StaticBatcher
 
 RESUME_FILE = "trainer.pt"
@@ -58,6 +59,8 @@ def fast_path_blocker(cfg, methods, device: torch.device, model=None) -> Optiona
         return f"the {type(model).__name__} batches have no static-shape form"
     if device.type != "cuda":
         return "no CUDA device"
+    if distributed.enabled():
+        return "data parallel (gradients are averaged between backward and step)"
     if cfg.grad_accum != 1:
         return "gradient accumulation"
     if cfg.precision == "fp16":
@@ -111,6 +114,13 @@ class Trainer:
         self.total_steps = cfg.max_steps if cfg.max_steps is not None else self.steps_per_epoch * cfg.epochs
         self.state = TrainState()
 
+        distributed.init(device)
+        if distributed.enabled() and cfg.batch_size < distributed.world_size():
+            from ..errors import ConfigError
+
+            raise ConfigError(f"train.batch_size {cfg.batch_size} is the global batch: give at least one example "
+                              f"per process ({distributed.world_size()})")
+        distributed.broadcast_parameters(model)
         seed_everything(cfg.seed)
         if train_data is not None:
             for m in methods:
@@ -240,11 +250,13 @@ class Trainer:
             self.scheduler.step()
             state.step += 1
         else:
-            host = collate(self.data, indices, self.pad_id, pad_multiple=self.pad_multiple)
+            # Data parallel: this process's share of the global batch, its loss weighted by its share.
+            mine, weight = distributed.shard(indices)
+            host = collate(self.data, mine, self.pad_id, pad_multiple=self.pad_multiple)
             batch = to_device(host, self.device)
-            loss = self._loss(batch)
+            loss = self._loss(batch) * weight
             self.scaler.scale(loss * scale).backward()  # the loss itself when not scaling
-            loss_scale = scale * self.scaler.get_scale() if self.scaler.is_enabled() else scale
+            loss_scale = (scale * self.scaler.get_scale() if self.scaler.is_enabled() else scale) * weight
             for m in self.methods:
                 m.after_backward(self.model, batch, self._compute, loss_scale)
             if boundary:
@@ -265,6 +277,7 @@ class Trainer:
         self._t0 = now
 
     def _optimizer_step(self) -> None:
+        distributed.average_gradients(self.model.parameters())
         for m in self.methods:
             m.before_step(self.model)
         self.scaler.unscale_(self.optimizer)  # clipping sees true gradients (no-op when not scaling)
@@ -286,7 +299,7 @@ class Trainer:
         record = {
             "step": state.step,
             "epoch": round(state.step / self.steps_per_epoch, 4) if self.steps_per_epoch else 0.0,
-            "train_loss": float(self._loss_sum) / state.pending_count if state.pending_count else None,
+            "train_loss": float(distributed.average(self._loss_sum)) / state.pending_count if state.pending_count else None,
             "lr": self.scheduler.get_last_lr()[0],
             "metrics": metrics,
             "train_seconds": round(state.train_seconds, 3),
@@ -313,7 +326,7 @@ class Trainer:
 
     def _save(self, directory: Optional[Path]) -> None:
         """Resume state as ONE file replaced atomically: the commit point of a checkpoint."""
-        if directory is None:
+        if directory is None or not distributed.is_main():
             return
         self.state.pending_loss = float(self._loss_sum)
         saved = {
@@ -372,5 +385,5 @@ def _progress() -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TimeRemainingColumn(), console=Console(stderr=True), transient=False,
-        disable=os.environ.get("CLUE_RUN_NO_PROGRESS") == "1",
+        disable=os.environ.get("CLUE_RUN_NO_PROGRESS") == "1" or not distributed.is_main(),
     )

@@ -67,6 +67,7 @@ def environment(device) -> dict[str, Any]:
             "numpy": numpy.__version__,
         },
         "device": device_name,
+        "processes": int(os.environ.get("WORLD_SIZE", "1")),  # data parallel: one per GPU (or CPU process)
         "platform": platform.platform(),
         "git_sha": _git_sha(),
     }

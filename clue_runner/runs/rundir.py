@@ -38,8 +38,9 @@ PREDICTIONS_DIR = "predictions"
 
 
 class RunDir:
-    def __init__(self, path: Path, lock: DirLock):
-        self.path, self._lock = Path(path), lock
+    def __init__(self, path: Path, lock: Optional[DirLock]):
+        self.path, self._held = Path(path), lock
+        self._scratch = False
 
     @property
     def best(self) -> Path:
@@ -50,8 +51,12 @@ class RunDir:
         return self.path / RESUME_DIR
 
     @classmethod
-    def create(cls, output_dir: str, task: str, model: str, seed: int, config_text: str) -> "RunDir":
-        """A new run directory holding its config, locked by this process."""
+    def create(cls, output_dir: str, task: str, model: str, seed: int, config_text: str,
+               path: Optional[Path] = None) -> "RunDir":
+        """A new run directory holding its config, locked by this process. With `path` (a sweep's
+        cell directory, which may already hold the sweep's own files), the run starts there."""
+        if path is not None:
+            return cls._start_in(Path(path), config_text)
         final = new_run_dir(output_dir, task, model, seed)
         final.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_tmp(final.parent)  # staging directories of creators killed before the rename
@@ -68,17 +73,42 @@ class RunDir:
         return cls(final, lock)
 
     @classmethod
+    def _start_in(cls, path: Path, config_text: str) -> "RunDir":
+        path.mkdir(parents=True, exist_ok=True)
+        run = cls(path, cls._lock(path))
+        atomic_write_text(path / CONFIG_FILE, config_text)
+        run.recover()  # an earlier attempt's leftovers (no resume state: it starts over)
+        return run
+
+    @classmethod
+    def follow(cls, path: Path) -> "RunDir":
+        """A run another process (data-parallel rank 0) writes: read without taking the lock."""
+        return cls(Path(path), None)
+
+    @classmethod
+    def scratch(cls) -> "RunDir":
+        """Somewhere for a data-parallel rank > 0 to point at; it writes nothing there, and it is removed."""
+        import tempfile
+
+        run = cls(Path(tempfile.mkdtemp(prefix="clue-run-rank-")), None)
+        run._scratch = True
+        return run
+
+    @staticmethod
+    def _lock(path: Path) -> DirLock:
+        try:
+            return DirLock(path)
+        except Locked:
+            raise RunError(f"{path}: another clue-run process is working on this run (it holds {path / '.lock'}); "
+                           "wait for it to finish or stop it") from None
+
+    @classmethod
     def open(cls, path: Path) -> "RunDir":
         """An existing, unfinished run directory, locked by this process."""
         path = Path(path)
         if not (path / CONFIG_FILE).is_file():
             raise RunError(f"{path}: not a run directory (no {CONFIG_FILE}); give a directory `clue-run train` created")
-        try:
-            lock = DirLock(path)
-        except Locked:
-            raise RunError(f"{path}: another clue-run process is working on this run (it holds {path / '.lock'}); "
-                           "wait for it to finish or stop it") from None
-        return cls(path, lock)
+        return cls(path, cls._lock(path))
 
     @property
     def finished(self) -> bool:
@@ -105,4 +135,7 @@ class RunDir:
             return None
 
     def release(self) -> None:
-        self._lock.release()
+        if self._held is not None:
+            self._held.release()
+        if self._scratch:
+            shutil.rmtree(self.path, ignore_errors=True)
