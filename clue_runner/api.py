@@ -137,6 +137,7 @@ def _train_in(cfg: ExperimentConfig, run: RunDir, prepared: _Prepared, on_event,
     trains = train_enc is not None
     model = built.model
     run_dir = run.path
+    writes = distributed.is_main()
     eval_seconds = []
 
     def evaluate() -> dict:
