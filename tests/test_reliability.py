@@ -28,6 +28,12 @@ from conftest import write_jsonl
 EPRSTMT = get_task("fewclue_eprstmt")
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    # Each test its own token cache, so "no cache file written" is about this test alone.
+    monkeypatch.setenv("CLUE_RUN_CACHE", str(tmp_path / "cache"))
+
+
 def cli(*args) -> tuple[int, str]:
     result = CliRunner().invoke(app, list(map(str, args)))
     return result.exit_code, result.output
@@ -165,7 +171,7 @@ def test_missing_threshold_split(tiny_model, data_dir, tmp_path):
 def test_max_length_beyond_position_embeddings(tiny_model, data_dir, tmp_path):
     raw = raw_config(tiny_model, data_dir, tmp_path / "out")
     raw["data"]["max_length"] = 1024  # the tiny BERT has 512 positions
-    with pytest.raises(ConfigError, match="data.max_length: 1024 is more than the 512 positions"):
+    with pytest.raises(ConfigError, match="data.max_length 1024 exceeds the 512 positions"):
         api.train(build_config(raw), log=lambda _: None)
     assert_nothing_written(tmp_path / "out")
 

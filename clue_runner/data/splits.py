@@ -130,9 +130,10 @@ def load_split(
     source: str = "local",
     limit: Optional[int] = None,
     training: bool = False,
+    require_labels: bool = False,
 ) -> SplitData:
     """Examples of one split. `training`: the split trains a model, so targets that only training
-    needs (answer spans) are checked too."""
+    needs (answer spans) are checked too; `require_labels`: a row without its label is a bad row."""
     inputs = task.inputs
     answers = None
     if source == "hub":
@@ -166,7 +167,7 @@ def load_split(
                 _check_texts(item, inputs, allow_empty=parse_label is None)
             if parse_label is not None:  # one example per row, its label a plain field
                 raw_label = row.get(task.label.field)
-                if raw_label is None and training:
+                if raw_label is None and require_labels:
                     raise RowError(task.label.field, "the label is missing (a training row needs one)")
                 if raw_label is not None:
                     raw_label = str(raw_label)  # FewCLUE writes some label codes as ints

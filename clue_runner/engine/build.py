@@ -103,9 +103,14 @@ class Built:
 
 def load_task_split(cfg: ExperimentConfig, task: TaskSpec, split: str, limit=None, on_bad_row=None, data_dir=None,
                     training: bool = False) -> SplitData:
+    """`training`: also every row must carry its label, unless the head learns without labels (SimCSE)."""
+    require_labels = False
+    if training:
+        head_cls, params = resolve_head(task, cfg.head)
+        require_labels = head_cls.learns_from_labels(params)
     return load_split(task, split, data_dir=data_dir or cfg.data.dir, variant=cfg.data.variant,
                       on_bad_row=on_bad_row or cfg.data.on_bad_row, source=cfg.data.source, limit=limit,
-                      training=training)
+                      training=training, require_labels=require_labels)
 
 
 def threshold_split_data(cfg: ExperimentConfig, task: TaskSpec, scored_split: str,
@@ -217,27 +222,6 @@ def model_for(task: TaskSpec, model_path: str, head_cfg=None, dropout: float = 0
     return model
 
 
-# Architectures whose position ids start after the padding index (2 positions fewer usable).
-_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer"}
-
-
-def _check_max_length(cfg: ExperimentConfig, model_path: str) -> None:
-    """data.max_length beyond the model's position embeddings fails deep in the first forward pass: say it now."""
-    import json
-
-    try:
-        config = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return  # a hub id resolved later, or no config to read: transformers reports it
-    positions = config.get("max_position_embeddings")
-    if not isinstance(positions, int) or config.get("position_embedding_type", "absolute") != "absolute":
-        return
-    usable = positions - 2 if config.get("model_type") in _OFFSET_POSITIONS else positions
-    if cfg.data.max_length > usable:
-        raise ConfigError(f"data.max_length: {cfg.data.max_length} is more than the {usable} positions of "
-                          f"{cfg.model.name} (max_position_embeddings in its config.json); use at most {usable}")
-
-
 def build(cfg: ExperimentConfig, checkpoint: Optional[Path] = None, device: str = "auto",
           log: Callable[[str], None] = _silent) -> Built:
     """Assemble the model of `cfg`: from its configured model to train, or from a run's `best/`
@@ -260,7 +244,6 @@ def build(cfg: ExperimentConfig, checkpoint: Optional[Path] = None, device: str 
             model_path = trimmed_model(model_path, task, cfg.data.dir, log)
     else:
         model_path = str(checkpoint)
-    _check_max_length(cfg, model_path)
     tokenizer = load_tokenizer(model_path)
     if checkpoint is not None:
         full_tokenizer = _untrimmed_tokenizer(cfg, tokenizer)

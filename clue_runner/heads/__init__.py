@@ -36,6 +36,11 @@ class Head(nn.Module):
     label_kinds = ("categorical", "score")  # task label kinds (tasks.spec.LabelSpec.kind) the head can learn
 
     @classmethod
+    def learns_from_labels(cls, params) -> bool:
+        """Whether training needs a label on every row (known from the config, before any data is read)."""
+        return cls.needs_labels
+
+    @classmethod
     def misfit(cls, task, params) -> Optional[str]:
         """Why this head cannot work on `task` (None when it can): checked when the config loads."""
         if task.label.kind not in cls.label_kinds:

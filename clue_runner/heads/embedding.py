@@ -43,9 +43,13 @@ class EmbeddingHead(Head):
                     f"(use the task's own head {task.head!r})")
         return super().misfit(task, params)
 
+    @classmethod
+    def learns_from_labels(cls, params) -> bool:
+        return params.loss != "simcse"
+
     def __init__(self, backbone, task, params: EmbeddingParams, dropout=0.1):
         super().__init__(backbone, task, params, dropout)
-        self.needs_labels = params.loss != "simcse"
+        self.needs_labels = self.learns_from_labels(params)
         self.classifier = None
         if params.loss == "sbert":
             classes = len(task.label.values) if task.label.kind == "categorical" else int(task.label.range[1]) + 1
