@@ -361,7 +361,8 @@ def dry_run(cfg: ExperimentConfig) -> dict:
     train_data = load_task_split(cfg, task, cfg.data.train_split, cfg.data.max_train_examples, training=True) if trains else None
     eval_data = load_task_split(cfg, task, cfg.data.eval_split, cfg.data.max_eval_examples)
     model_path = resolve_model(cfg.model.name)
-    trim = bool(cfg.model.trim_vocab) and not _trim_skip(cfg, model_path)
+    skip = _trim_skip(cfg, model_path)
+    trim = bool(cfg.model.trim_vocab) and not skip
     untrimmed = cfg.model_copy(deep=True)
     untrimmed.model.trim_vocab = False
     counts = build(untrimmed, device="cpu").parameter_counts()
@@ -372,5 +373,6 @@ def dry_run(cfg: ExperimentConfig) -> dict:
             "splits": {cfg.data.train_split: n_train, cfg.data.eval_split: len(eval_data.examples)},
             "steps_per_epoch": steps_per_epoch, "steps": steps, "warmup_steps": int(cfg.train.warmup * steps),
             "parameters": counts["total"], "trainable_parameters": counts["trainable"],
-            "vocabulary_trim": "would trim to the task's texts (parameters shown untrimmed)" if trim else "no",
+            "vocabulary_trim": "would trim to the task's texts (parameters shown untrimmed)" if trim else (
+                f"no (auto: {skip})" if skip else "no"),
             "output_dir": cfg.output_dir}

@@ -42,6 +42,7 @@ METRICS: Registry = Registry("metric", {
     "entity_precision": "clue_runner.metrics.entity:entity_precision",
     "entity_recall": "clue_runner.metrics.entity:entity_recall",
     "entity_f1": "clue_runner.metrics.entity:entity_f1",
+    "cluener_macro_f1": "clue_runner.metrics.entity:surface_macro_f1",
 }, "clue_run.metrics")
 
 # Row parsers turn one data row into the item(s) a head tokenizes (`inputs.encoder` in a task YAML).

@@ -82,3 +82,20 @@ def test_a_freed_tokenizers_fingerprint_is_not_inherited(tiny_model, monkeypatch
     monkeypatch.setattr(tokenize, "id", lambda obj: 1, raising=False)  # as if `second` reused first's id
     tokenize.tokenizer_fingerprint(first)
     assert tokenize.tokenizer_fingerprint(second) != fingerprint
+
+
+def test_cpu_evaluation_batches_are_capped_by_tokens_and_pad_less():
+    from clue_runner.features.batching import eval_batches
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(8, 200, size=160)
+    fixed = eval_batches(lengths, 128)
+    capped = eval_batches(lengths, 128, max_tokens=4096)
+    for batches in (fixed, capped):
+        assert sorted(np.concatenate(batches).tolist()) == list(range(160))  # every item once
+
+    def padded(batches):
+        return sum(len(b) * lengths[b].max() for b in batches)
+
+    assert all(len(b) * lengths[b].max() <= 4096 or len(b) == 1 for b in capped)
+    assert padded(capped) < 0.75 * padded(fixed)

@@ -237,10 +237,8 @@ def build(cfg: ExperimentConfig, checkpoint: Optional[Path] = None, device: str 
     if checkpoint is None:
         model_path = resolve_model(cfg.model.name)
         check_positions(cfg, model_path, methods, log)  # before any cache is written
-        skip = _trim_skip(cfg, model_path)
-        if skip:
-            log(f"model.trim_vocab auto: the vocabulary of {cfg.model.name} is kept whole ({skip})")
-        elif cfg.model.trim_vocab:
+        # auto on a vocabulary that cannot or need not be trimmed: kept whole, silently (`train --dry-run` says why)
+        if cfg.model.trim_vocab and not _trim_skip(cfg, model_path):
             model_path = trimmed_model(model_path, task, cfg.data.dir, log)
     else:
         model_path = str(checkpoint)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..features import Encoded, collate, eval_batches, to_device
+from ..features.batching import CPU_EVAL_TOKENS
 from ..heads import MASKED
 from ..metrics import compute_metrics
 from .cuda_graphs import GraphedForward, StaticBatcher
@@ -27,7 +28,8 @@ def predict_logits(model, enc: Encoded, batch_size: int, pad_id: int, device, am
     start = time.perf_counter()
     batcher = StaticBatcher(enc, pad_id, batch_size) if graphed else None
     parts, order = [], []
-    for idx in eval_batches(enc.lengths, batch_size):
+    max_tokens = CPU_EVAL_TOKENS if device.type == "cpu" and graphed is None else None
+    for idx in eval_batches(enc.lengths, batch_size, max_tokens):
         if graphed is not None:
             host, real = batcher(idx)
             host.pop("labels")

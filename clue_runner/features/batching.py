@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -86,7 +86,21 @@ def train_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, g
     return batches
 
 
-def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Longest first (an out-of-memory shows at once); callers restore the original order."""
+# On a CPU the cost of a batch is its padded tokens: a cap on rows × longest row keeps batches of
+# long items small, so short items are not padded to them (a GPU prefers few large batches).
+CPU_EVAL_TOKENS = 4096
+
+
+def eval_batches(lengths: np.ndarray, batch_size: int, max_tokens: Optional[int] = None) -> list[np.ndarray]:
+    """Longest first (an out-of-memory shows at once); callers restore the original order.
+    `max_tokens`: also cap rows × the batch's longest row (at least one row per batch)."""
     order = np.argsort(-lengths, kind="stable")
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if max_tokens is None:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches, start = [], 0
+    while start < len(order):
+        widest = max(int(lengths[order[start]]), 1)  # sorted: the first row is the longest
+        rows = max(1, min(batch_size, max_tokens // widest))
+        batches.append(order[start : start + rows])
+        start += rows
+    return batches

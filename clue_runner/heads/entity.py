@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from ..metrics.entity import EntitySpan
 from ..features import Encoded, Segment, SpanTargets, cache_key, cached_arrays, pack
 from . import Head, Params
 from .layers.global_pointer import GlobalPointer, decode_spans, global_pointer_loss
@@ -50,9 +51,10 @@ class GlobalPointerHead(Head):
                             if first[s] >= 0 and last[e] >= 0])  # cut off by max_length: unreachable
         rows, offsets = pack([np.asarray(t, dtype=np.int64).reshape(-1, 3) for t in targets], np.int64)
         spans = SpanTargets(rows.reshape(-1, 3), offsets, len(self.types))
-        gold = [None if ex.label is None else set(ex.label) for ex in examples]
+        gold = [None if ex.label is None else {EntitySpan(k, s, e, ex.text_a[s:e + 1]) for k, s, e in ex.label}
+                for ex in examples]
         return Encoded({"": segment}, np.zeros(len(examples), dtype=np.int64), spans=spans, gold=gold,
-                       meta={"token_char": z["token_char"]})
+                       meta={"token_char": z["token_char"], "texts": texts})
 
     def forward(self, **batch) -> torch.Tensor:
         hidden = self.encode(batch).last_hidden_state
@@ -68,8 +70,9 @@ class GlobalPointerHead(Head):
         out = []
         for i, spans in enumerate(found):
             chars = enc.meta["token_char"][offsets[i] : offsets[i + 1]]
-            out.append({(self.types[t], int(chars[s]), int(chars[e])) for t, s, e in spans
-                        if s < len(chars) and e < len(chars) and chars[s] >= 0 and chars[e] >= 0})
+            text = enc.meta["texts"][i]
+            out.append({EntitySpan(self.types[t], int(chars[s]), int(chars[e]), text[int(chars[s]):int(chars[e]) + 1])
+                        for t, s, e in spans if s < len(chars) and e < len(chars) and chars[s] >= 0 and chars[e] >= 0})
         return out
 
 

@@ -1,8 +1,9 @@
 """One PNG for `clue-run report --plot`: scores per task beside each other, and how the runs trained.
 
 Left: grouped bars of each system's mean score per task, with std error bars; published rows are
-hatched. Middle and right: the eval metric and the train loss against epoch (tasks of different sizes line up), one line per run,
-coloured by system (model · method) as in the shared legend, line style by task.
+pale and outlined, test-split bars hatched, and every legend entry names its split ([dev] / [test]). Middle and right: the eval metric and the
+train loss against epoch (tasks of different sizes line up): one colour per system (model · method) as in
+the shared legend, line style by task, each seed a thin line and the mean over seeds bold.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from . import Report, Row, Run
 
 SIZE_IN = (12, 5)
 DPI = 100  # 12×5 in at 100 dpi: a 1200×500 px picture
-LINESTYLES = ("-", "--", ":", "-.")
+LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2)), (0, (3, 1, 1, 1)))
 
 
 def _colours(rows: list[Row]) -> dict[str, tuple]:
@@ -34,12 +35,14 @@ def _score_bars(ax, report: Report, colours: dict[str, tuple]) -> None:
                 xs.append(j - 0.4 + width * (i + 0.5))
                 means.append(cell.mean)
                 stds.append(cell.std if cell.std is not None else float("nan"))  # no bar for n=1 or published
-        ax.bar(xs, means, width, yerr=stds, capsize=3, label=row.label,
+        split = row.split or ("test" if row.published else "dev")
+        ax.bar(xs, means, width, yerr=stds, capsize=3, label=f"{row.label} [{split}]",
                color=colours[row.label], alpha=0.45 if row.published else 0.9,
-               hatch="//" if row.published else None, edgecolor="black" if row.published else None, linewidth=0.5)
+               hatch="//" if split.startswith("test") else None, edgecolor="black" if row.published else None,
+               linewidth=0.5)
     ax.set_xticks(range(len(report.tasks)), report.tasks, rotation=20 if len(report.tasks) > 4 else 0)
     ax.set_ylabel("score ×100 (mean ± std)")
-    ax.set_title("Best score per task")
+    ax.set_title("Best score per task (hatched: test split; pale, outlined: published)", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
 
 
@@ -47,6 +50,7 @@ def _curves(ax, runs: list[Run], report: Report, colours: dict[str, tuple], key:
     styles = {task: LINESTYLES[i % len(LINESTYLES)] for i, task in enumerate(report.tasks)}
     labels = {(row.model, row.method): row.label for row in report.rows if not row.published}
     drawn = set()
+    grouped: dict[tuple, list] = {}
     for run in runs:
         label = labels.get(run.system)
         if label is None or run.task not in styles:
@@ -57,9 +61,18 @@ def _curves(ax, runs: list[Run], report: Report, colours: dict[str, tuple], key:
         else:
             points = [(h["epoch"], h["train_loss"]) for h in run.history if h.get("train_loss") is not None]
         if points:
-            epochs, values = zip(*points)
-            ax.plot(epochs, values, styles[run.task], color=colours[label], marker="o", markersize=2, linewidth=1.2)
-            drawn.add(run.task)
+            grouped.setdefault((label, run.task), []).append(dict(points))
+    for (label, task), seeds in grouped.items():
+        # Each seed thin, their mean bold (at the epochs every seed evaluated): seeds stay apart.
+        for points in seeds:
+            epochs = sorted(points)
+            ax.plot(epochs, [points[e] for e in epochs], linestyle=styles[task], color=colours[label],
+                    linewidth=0.7 if len(seeds) > 1 else 1.6, alpha=0.45 if len(seeds) > 1 else 1.0)
+        common = sorted(set.intersection(*(set(p) for p in seeds)))
+        if len(seeds) > 1 and common:
+            ax.plot(common, [sum(p[e] for p in seeds) / len(seeds) for e in common], linestyle=styles[task],
+                    color=colours[label], linewidth=2.4, marker="o", markersize=3)
+        drawn.add(task)
     ax.set_xlabel("epoch")
     ax.grid(alpha=0.3)
     if not drawn:

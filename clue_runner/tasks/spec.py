@@ -196,6 +196,8 @@ class TaskSpec(_Strict):
     prediction: Literal["class", "score"] = "class"  # score: metrics rank a similarity score (STS)
     metrics: list[str] = Field(min_length=1)
     main_metric: str
+    # The metric published (leaderboard) numbers of this task use, where it is not the main metric.
+    published_metric: Optional[str] = None
     submission: Optional[SubmissionSpec] = None
     prompt: Optional[PromptSpec] = None  # PET / P-tuning / NSP-BERT prompts
 
@@ -208,6 +210,8 @@ class TaskSpec(_Strict):
         for registry, name in ((HEADS, self.head), (PARSERS, self.inputs.encoder), *((METRICS, m) for m in self.metrics)):
             if name not in registry:
                 registry.get(name)  # raises: unknown name, with did-you-mean
+        if self.published_metric is not None and self.published_metric not in self.metrics:
+            raise ValueError(f"published_metric {self.published_metric!r} is not one of metrics {self.metrics}")
         if self.main_metric not in self.metrics:
             raise ValueError(f"main_metric {self.main_metric!r} is not one of metrics {self.metrics}")
         if self.data.variants and self.data.default_variant not in self.data.variants:
