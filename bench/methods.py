@@ -5,12 +5,12 @@ fine-tuning (clue-run), and the transformers Trainer doing the reference row's p
 on the same tokens and hyperparameters. Tasks: FewCLUE tnews and eprstmt (few_all → dev_few_all),
 OCNLI train.3k → dev; seeds 1 and 2; the embedded model with its vocabulary trimmed to the task.
 
-One worker process per task and seed runs its rows one after another with ONE torch thread; before each
+Worker processes (--workers, side by side) run one row after another, each with ONE torch thread; before each
 run the process's peak-RSS mark is reset (/proc/self/clear_refs), so each row's peak is its own.
 The machine is shared, so throughput comes from process CPU time (the worker switches the
 trainer's clock to `time.process_time`: run.json's train_seconds and samples/s are CPU-time based).
 
-    python bench/methods.py [--steps 12] [--train-subset 320] [--dev-subset 200] [--runs-dir results/examples/cpu-methods]
+    python bench/methods.py [--steps 8] [--train-subset 320] [--dev-subset 200] [--runs-dir results/examples/cpu-methods]
 
 Writes bench/results/methods-YYYYMMDD-HHMM.md; the clue-run runs' run.json files stay under
 --runs-dir for `clue-run report` (make docs → docs/METHODS.md).
@@ -44,10 +44,10 @@ REFERENCE = "finetune"
 # run with (LoRA: peft's usual 5e-4; LST: Su's 5e-3 was with AdaFactor, AdamW here at 2e-3).
 ROWS = {
     "finetune": ([], {}),
+    "lst": ([{"name": "lst"}], {"lr": 2e-3}),
     "lora": ([{"name": "lora"}], {"lr": 5e-4}),
     "child_tuning F": ([{"name": "child_tuning", "mode": "F"}], {}),
     "child_tuning D": ([{"name": "child_tuning", "mode": "D"}], {}),
-    "lst": ([{"name": "lst"}], {"lr": 2e-3}),
     "fgm": ([{"name": "fgm"}], {}),
     "rdrop": ([{"name": "rdrop"}], {}),
     "transformers Trainer": (None, {}),
@@ -87,7 +87,7 @@ def config(task: str, methods: list, train: dict, seed: int, steps: int, eval_li
                  "max_train_examples": train_limit, **TASKS[task]},
         "train": {"batch_size": HP["batch_size"], "eval_batch_size": HP["eval_batch_size"], "lr": HP["lr"],
                   "warmup": HP["warmup"], "weight_decay": HP["weight_decay"], "max_steps": steps,
-                  "eval_every": steps, "seed": seed, "precision": "fp32", **train},
+                  "eval_every": steps or None, "seed": seed, "precision": "fp32", **train},
         "methods": methods,
         "output_dir": runs_dir,
     })
@@ -206,7 +206,7 @@ def trainer_row(cfg, built) -> dict:
 
 def fmt_ms(values, scale=100.0) -> str:
     v = np.array(values, dtype=float) * scale
-    return f"{v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0:.2f}"
+    return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v[0]:.2f} (1 seed)"
 
 
 def write_markdown(results: list[dict], args, wall: float) -> Path:
@@ -216,8 +216,8 @@ def write_markdown(results: list[dict], args, wall: float) -> Path:
              f"max length {args.max_length}, lr {HP['lr']} (lora 5e-4, lst 2e-3), warmup 0.1, wd 0.01. **Capped so the "
              f"bench fits a shared 2-core CPU: {args.steps} optimizer steps per run, training data = a seeded random "
              f"{args.train_subset or 'all'} examples of the training file, dev = a random {args.dev_subset or 'all'} of the dev "
-             f"file** (eprstmt: all 160 / 160); seeds {args.seeds}. "
-             f"One process per task and seed, one torch thread; samples/s from process CPU time of the training steps "
+             f"file** (eprstmt: all 160 / 160); seeds run: {','.join(map(str, sorted({r['seed'] for r in results})))}. "
+             f"{args.workers} worker processes side by side, one torch thread each; samples/s from process CPU time of the training steps "
              f"(evaluation excluded); peak RSS per run (the mark reset before each); Δ train = peak RSS minus the peak "
              f"after building the model (activations, gradients, optimizer state). Bench wall time {wall / 60:.1f} min.", ""]
     by = {}
@@ -276,7 +276,7 @@ def run_worker(specs: list[dict]) -> None:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--train-subset", type=int, default=320, help="a seeded random N of each training file (0: all)")
     parser.add_argument("--dev-subset", type=int, default=200, help="a seeded random N of each dev file (0: all)")
     parser.add_argument("--max-length", type=int, default=64)
@@ -285,30 +285,39 @@ def main():
     parser.add_argument("--rows", default=",".join(ROWS))
     parser.add_argument("--runs-dir", default=str(ROOT / "results" / "examples" / "cpu-methods"))
     parser.add_argument("--data-dir", default=os.environ.get("CLUE_DATA_DIR", str(ROOT.parent / "shared" / "data")))
+    parser.add_argument("--workers", type=int, default=6, help="runs side by side (one thread each)")
+    parser.add_argument("--from-json", help="re-write the markdown of a (cut-short) bench from its JSON")
+    parser.add_argument("--wall-min", type=float, default=0.0, help="with --from-json: the bench's wall minutes")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         run_worker(json.loads(args.worker))
         return
+    if args.from_json:
+        print(write_markdown(json.loads(Path(args.from_json).read_text()), args, args.wall_min * 60))
+        return
     start = time.perf_counter()
     results = []
+    sys.path.insert(0, str(ROOT))
     if args.train_subset or args.dev_subset:
         args.data_dir = subset_data(args.data_dir, ROOT / "bench" / f"data-{args.train_subset}-{args.dev_subset}",
                                     args.train_subset, args.dev_subset)
     env = {**os.environ, "CLUE_RUN_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    workers = []
-    seeds = [int(s) for s in args.seeds.split(",")]
+    # The first build of a task trims the vocabulary (a peak of its own): done here, before any row is measured.
+    from clue_runner.engine.build import build
+
     for task in args.tasks.split(","):
-        for seed in seeds:
-            # The first build of a task trims the vocabulary (a peak of its own): done before any row is measured.
-            warm = {"task": task, "row": REFERENCE, "seed": seed, "steps": 0, "eval_limit": 1, "runs_dir": tempfile.mkdtemp(),
-                    "data_dir": args.data_dir, "train_limit": None, "max_length": args.max_length}
-            specs = [warm] + [{**warm, "row": row, "steps": args.steps, "eval_limit": None, "runs_dir": args.runs_dir}
-                              for row in args.rows.split(",")]
-            workers.append(subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(specs)], env=env,
-                                            stdout=subprocess.PIPE, text=True))
-    # One worker per task and seed, side by side (one thread each): CPU-time rates are per process, so unaffected.
+        build(config(task, [], {}, 1, 0, 1, tempfile.mkdtemp(), args.data_dir, None, args.max_length))
+    # Every seed-1 run before any seed-2 run, rows in ROWS order, dealt round-robin to the workers
+    # (one torch thread each): if the bench is cut short, what is done is the most useful part.
+    rows = args.rows.split(",")
+    specs = [{"task": task, "row": row, "seed": seed, "steps": args.steps, "eval_limit": None, "runs_dir": args.runs_dir,
+              "data_dir": args.data_dir, "train_limit": None, "max_length": args.max_length}
+             for seed in (int(s) for s in args.seeds.split(",")) for row in rows for task in args.tasks.split(",")]
+    workers = [subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(specs[i::args.workers])], env=env,
+                                stdout=subprocess.PIPE, text=True)
+               for i in range(min(args.workers, len(specs)))]
     lines: queue.Queue = queue.Queue()
 
     def pump(proc):
@@ -328,8 +337,6 @@ def main():
         if kind not in ("RESULT", "FAILED"):
             continue
         r = json.loads(payload)
-        if r["steps"] == 0:  # the warm-up build
-            continue
         if kind == "FAILED":
             print(f"{r['task']} {r['row']} seed {r['seed']}: FAILED\n{r['error']}", flush=True)
             continue
