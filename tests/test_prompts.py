@@ -107,7 +107,7 @@ def _pretraining_model(directory: Path, steps: int, seed: int = 0) -> Path:
                         intermediate_size=128, max_position_embeddings=64)
     model = BertForPreTraining(config)
     rng = random.Random(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     model.train()
     for _ in range(steps):
         rows = corpus(rng, 32)
