@@ -107,7 +107,7 @@ def _pretraining_model(directory: Path, steps: int, seed: int = 0) -> Path:
                         intermediate_size=128, max_position_embeddings=64)
     model = BertForPreTraining(config)
     rng = random.Random(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     model.train()
     for _ in range(steps):
         rows = corpus(rng, 32)
@@ -143,7 +143,7 @@ def synthetic(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: threads only add contention
-    trained = _pretraining_model(root / "trained", steps=400)
+    trained = _pretraining_model(root / "trained", steps=600)
     untrained = _pretraining_model(root / "untrained", steps=0)
     rng = random.Random(123)
     keywords = _keywords()

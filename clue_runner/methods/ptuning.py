@@ -101,7 +101,6 @@ class PromptedBackbone(nn.Module):
 class PTuning(Method):
     Params = PTuningParams
     backbone_kind = "mlm"
-    required_on_load = True
     changes_export = True  # the prompt vectors live outside the transformers checkpoint
 
     def check(self, head_cls, task, head_params):
