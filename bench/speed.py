@@ -158,7 +158,9 @@ def make_base_model(vocab_dir: str) -> str:
 
 def case_base(args, lines):
     model_dir = make_base_model(args.model)
-    model = load_encoder(model_dir)
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(model_dir)
     emb = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
     non_emb = sum(p.numel() for p in model.parameters()) - emb
     tok = load_tokenizer(model_dir)
