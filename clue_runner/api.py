@@ -122,7 +122,8 @@ def _prepare(cfg: ExperimentConfig, log) -> _Prepared:
         raise DataError(f"{train_data.source}: the training split has unlabelled rows")
     unlabeled = getattr(built.model, "unlabeled_split", None) if trains else None
     if unlabeled:  # semi-supervised heads (PET) train on an unlabelled split beside the labelled one
-        pool = load_task_split(cfg, task, unlabeled, getattr(built.model.params, "unlabeled_examples", None), training=True)
+        pool = load_task_split(cfg, task, unlabeled, getattr(built.model.params, "unlabeled_examples", None),
+                               training=True, unlabelled=True)
         train_data = dataclasses.replace(train_data, examples=train_data.examples + pool.examples,
                                          source=f"{train_data.source} + {pool.source} ({len(pool.examples)} unlabelled)")
         train_enc = built.encode(train_data)

@@ -242,7 +242,7 @@ def test_unsupported_architecture_is_one_line(tmp_path):
     d = tmp_path / "nezha"
     d.mkdir()
     (d / "config.json").write_text(json.dumps({"model_type": "nezha", "hidden_size": 32}))
-    with pytest.raises(ModelError, match="cannot load model") as err:
+    with pytest.raises(ModelError, match="architecture 'nezha' is not supported") as err:
         load_backbone(str(d), "base")
     assert "\n" not in str(err.value)
 

@@ -27,7 +27,7 @@ def test_yaml_scientific_string_is_coerced(tmp_path):
         ({"task": "afqmc"}, ["train.batch_size=abc"], "train.batch_size: Input should be a valid integer"),
         ({"task": "afqmc"}, ["train.lr=-1"], "train.lr: Input should be greater than 0"),
         ({"task": "afqmc"}, ["train.warmup=1.5"], "train.warmup: Input should be less than 1"),
-        ({"task": "afqmc"}, ["train.precision=fp8"], "train.precision: Input should be 'auto', 'bf16' or 'fp32'"),
+        ({"task": "afqmc"}, ["train.precision=fp8"], "train.precision: Input should be 'auto', 'bf16', 'fp16' or 'fp32'"),
         ({"task": "afqmcc"}, [], "task: unknown task 'afqmcc'; did you mean 'afqmc'?"),
         ({}, [], "task: required key is missing"),
         ({"task": "afqmc", "methods": [{"name": "fgn"}]}, [], "unknown method 'fgn'; did you mean 'fgm'?"),

@@ -200,4 +200,4 @@ def test_cluener_train_then_eval_agree_and_predictions_validate(data_dir, tiny_m
     recorded = read_result(run_dir)["best"]["metrics"]
     again = api.evaluate(run_dir)["metrics"]
     assert again == pytest.approx(recorded, abs=1e-6)
-    assert set(recorded) == {"entity_f1", "entity_precision", "entity_recall"}
+    assert set(recorded) == {"entity_f1", "entity_precision", "entity_recall", "cluener_macro_f1"}

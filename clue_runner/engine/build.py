@@ -102,10 +102,11 @@ class Built:
 
 
 def load_task_split(cfg: ExperimentConfig, task: TaskSpec, split: str, limit=None, on_bad_row=None, data_dir=None,
-                    training: bool = False) -> SplitData:
-    """`training`: also every row must carry its label, unless the head learns without labels (SimCSE)."""
+                    training: bool = False, unlabelled: bool = False) -> SplitData:
+    """`training`: also every row must carry its label, unless the head learns without labels (SimCSE)
+    or the split is an `unlabelled` pool (semi-supervised PET)."""
     require_labels = False
-    if training:
+    if training and not unlabelled:
         head_cls, params = resolve_head(task, cfg.head)
         require_labels = head_cls.learns_from_labels(params)
     return load_split(task, split, data_dir=data_dir or cfg.data.dir, variant=cfg.data.variant,
