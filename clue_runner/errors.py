@@ -57,3 +57,12 @@ def os_strerror(code) -> str:
     import os
 
     return os.strerror(code) if code else "write failed"
+
+
+def decode_utf8(data: bytes, path, error: type, fix: str) -> str:
+    """`data` as UTF-8 text (a leading BOM dropped), or `error` naming the file, the line and the byte."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise error(f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); {fix}") from None

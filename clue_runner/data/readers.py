@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, decode_utf8
 from ..registry import did_you_mean
 
 DATA_DIR_ENV = "CLUE_DATA_DIR"
@@ -132,11 +132,7 @@ def read_json_document(path: Path):
             data = fh.read()
     except _DAMAGE as err:
         raise _damaged(path, err, 1) from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); convert the file to UTF-8") from None
+    text = decode_utf8(data, path, DataError, "convert the file to UTF-8")
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
