@@ -70,7 +70,8 @@ def train(cfg: Optional[ExperimentConfig], resume: Optional[Path] = None,
     try:
         if run is not None:
             if run.finished:  # resuming is idempotent: a finished run only loses its leftovers
-                run.recover()
+                if writes:
+                    run.recover()
                 log(f"{run.path} already finished ({RESULT_FILE}); nothing left to resume")
                 return run.path
             cfg = _saved_config(run.path)
