@@ -387,3 +387,50 @@ def test_adapt_mlm_gives_a_model_with_heads_that_runs_are_labelled_with(tiny_mod
     assert adapted_label(backbone.config) == "adapted on 200 sentences"
     run = api.train(_cfg(out, synthetic.data, tmp_path / "runs", "fewclue_eprstmt", {"name": "pet"}), log=quiet)
     assert api.read_run(run)["model"]["adapted"]["sentences"] == 200
+
+
+def test_char_level_mask_splits_multi_character_pieces_into_character_targets(e5_dir):
+    """A chosen Unigram piece of k characters becomes k targets, one per character (as PET scores label
+    words); unchosen tokens and special tokens are never targets; the result fits max_length."""
+    from clue_runner.models import load_tokenizer
+    from clue_runner.models.adapt import char_level_mask, piece_characters
+
+    tok = load_tokenizer(str(e5_dir))
+    pieces = piece_characters(tok)
+    ids = tok("这个产品很满意，质量不错")["input_ids"]
+    multi = [t for t in ids if t in pieces]
+    assert multi, "the fixture text must contain multi-character pieces"
+    special = set(tok.all_special_ids)
+    inputs, targets = char_level_mask(ids, pieces, special, tok.mask_token_id, len(tok), 1.0, random.Random(0), 64)
+    expected = [c for t in ids if t not in special for c in pieces.get(t, [t])]
+    assert [t for t in targets if t != -100] == expected  # probability 1: every non-special piece, split
+    assert len(inputs) == len(targets) == len(ids) + sum(len(pieces[t]) - 1 for t in multi)
+    assert all(tok.convert_ids_to_tokens(c) in "这个产品很满意，质量不错,▁" for c in expected)
+    cut, _ = char_level_mask(ids, pieces, special, tok.mask_token_id, len(tok), 1.0, random.Random(0), len(ids))
+    assert len(cut) == len(ids) and cut[-1] == ids[-1]  # no room to split: pieces stay whole, [SEP] kept
+
+
+def test_electra_encoder_converts_to_bert_with_identical_hidden_states(e5_dir, tmp_path):
+    """The embedded model is stored as ELECTRA, which has no next-sentence head: adapt-mlm --nsp re-saves
+    its encoder as BERT. The converted encoder must compute exactly the same hidden states."""
+    import transformers
+
+    from clue_runner.models import load_tokenizer
+    from clue_runner.models.adapt import electra_as_bert, electra_encoder_as_bert_possible
+
+    tok = load_tokenizer(str(e5_dir))
+    src = tmp_path / "electra"
+    torch.manual_seed(0)
+    cfg = transformers.ElectraConfig(vocab_size=len(tok), embedding_size=32, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=64, pad_token_id=tok.pad_token_id)
+    transformers.ElectraModel(cfg).save_pretrained(src)
+    tok.save_pretrained(src)
+    assert electra_encoder_as_bert_possible(str(src))
+    out = electra_as_bert(str(src), tmp_path / "bert")
+    batch = tok(["这个产品很满意", "质量不错"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        a = transformers.ElectraModel.from_pretrained(src).eval()(**batch).last_hidden_state
+        b = transformers.AutoModel.from_pretrained(out).eval()(**batch).last_hidden_state
+    assert transformers.AutoConfig.from_pretrained(out).model_type == "bert"
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert transformers.AutoModelForPreTraining.from_pretrained(out).cls.seq_relationship is not None

@@ -16,7 +16,6 @@ from typing import Callable, Optional
 import torch
 
 from ..errors import ModelError
-from ..features.prompts import random_mask
 from . import load_tokenizer, quiet_transformers
 
 _SENTENCE_END = re.compile(r"(?<=[。！？!?])")
@@ -44,6 +43,77 @@ def nsp_pairs(documents: list[list[str]], rng: random.Random, n: int) -> list[tu
     return out
 
 
+def piece_characters(tokenizer) -> dict[int, list[int]]:
+    """Token id → the ids of its characters' own single-character pieces, for every piece of two or
+    more characters all of which have one (SentencePiece's word-start mark and WordPiece's ## dropped)."""
+    vocab = tokenizer.get_vocab()
+    special = set(tokenizer.all_special_ids)
+    out = {}
+    for piece, i in vocab.items():
+        text = piece.lstrip("\u2581")
+        text = text[2:] if text.startswith("##") else text
+        if i in special or len(text) < 2:
+            continue
+        chars = [vocab.get(c) for c in text]
+        if all(c is not None and c not in special for c in chars):
+            out[i] = chars
+    return out
+
+
+def char_level_mask(ids: list[int], piece_chars: dict[int, list[int]], special: set[int], mask_id: int, vocab: int,
+                    probability: float, rng: random.Random, max_length: int) -> tuple[list[int], list[int]]:
+    """BERT's 15 % masking, except that a chosen piece of several characters (a Unigram tokenizer's
+    "满意") is split into its characters, each a target: 80 % all [MASK], 10 % random tokens, 10 % the
+    characters themselves. A PET template puts one [MASK] per label-word character, so the MLM head
+    must learn to predict single characters at masks, not the multi-character pieces the tokenizer
+    otherwise produces. Returns (inputs, targets with -100 where nothing is predicted)."""
+    inputs, targets = [], []
+    for position, token in enumerate(ids):
+        expand = piece_chars.get(token, [token])
+        room = max_length - len(inputs) - (len(ids) - position)  # what splitting may add and still fit
+        if token in special or rng.random() >= probability or len(expand) - 1 > room:
+            inputs.append(token)
+            targets.append(-100)
+            continue
+        how = rng.random()
+        for t in expand:
+            inputs.append(mask_id if how < 0.8 else rng.randrange(vocab) if how < 0.9 else t)
+            targets.append(t)
+    return inputs, targets
+
+
+def electra_encoder_as_bert_possible(model_path: str) -> bool:
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(model_path)
+    return cfg.model_type == "electra" and cfg.embedding_size == cfg.hidden_size
+
+
+def electra_as_bert(model_path: str, out: Path) -> str:
+    """An ELECTRA-layout encoder (the embedded e5) re-saved as a BERT: the same embeddings and layers
+    under BERT's names (the two share the architecture when embedding_size == hidden_size), so that
+    BertForPreTraining can add the next-sentence head ELECTRA lacks. The pooler starts new."""
+    import transformers
+
+    src = transformers.AutoModel.from_pretrained(model_path)
+    c = src.config
+    cfg = transformers.BertConfig(
+        vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers,
+        num_attention_heads=c.num_attention_heads, intermediate_size=c.intermediate_size, hidden_act=c.hidden_act,
+        hidden_dropout_prob=c.hidden_dropout_prob, attention_probs_dropout_prob=c.attention_probs_dropout_prob,
+        max_position_embeddings=c.max_position_embeddings, type_vocab_size=c.type_vocab_size,
+        layer_norm_eps=c.layer_norm_eps, pad_token_id=c.pad_token_id)
+    bert = transformers.BertModel(cfg)
+    missing, unexpected = bert.load_state_dict(src.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("pooler.") for k in missing):
+        raise ModelError(f"{model_path}: ELECTRA → BERT conversion left weights unmatched "
+                         f"({', '.join((unexpected or missing)[:3])})")
+    out.mkdir(parents=True, exist_ok=True)
+    bert.save_pretrained(out)
+    load_tokenizer(model_path).save_pretrained(out)
+    return str(out)
+
+
 def adapt_mlm(model_path: str, texts: list[str], out: Path, steps: int = 200, batch_size: int = 16,
               max_length: int = 64, lr: float = 5e-5, head_lr: float = 1e-3, documents: Optional[list[str]] = None,
               held_out: int = 200, seed: int = 0, log: Callable[[str], None] = print) -> dict:
@@ -57,8 +127,11 @@ def adapt_mlm(model_path: str, texts: list[str], out: Path, steps: int = 200, ba
     if len(texts) <= held_out:
         raise ModelError(f"adapt-mlm: {len(texts)} texts; need more than the {held_out} held out")
     test_texts, train_texts = texts[:held_out], texts[held_out:]
-    tokenizer = load_tokenizer(model_path)
     nsp = documents is not None
+    if nsp and electra_encoder_as_bert_possible(model_path):
+        # ELECTRA has no next-sentence head; its encoder is BERT's, so it continues as a BERT.
+        model_path = electra_as_bert(model_path, Path(out).with_name(Path(out).name + ".bert"))
+    tokenizer = load_tokenizer(model_path)
     cls = transformers.AutoModelForPreTraining if nsp else transformers.AutoModelForMaskedLM
     model = cls.from_pretrained(model_path)
     if nsp and not hasattr(getattr(model, "cls", None), "seq_relationship"):
@@ -69,13 +142,24 @@ def adapt_mlm(model_path: str, texts: list[str], out: Path, steps: int = 200, ba
     encoder = [p for n, p in model.named_parameters() if n.startswith(prefix)]
     heads = [p for n, p in model.named_parameters() if not n.startswith(prefix)]
     opt = torch.optim.AdamW([{"params": encoder, "lr": lr}, {"params": heads, "lr": head_lr}], weight_decay=0.01)
-    special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
 
-    def mlm_batch(batch_texts, generator=None):
-        enc = tokenizer(batch_texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-        maskable = (enc["attention_mask"] > 0) & ~torch.isin(enc["input_ids"], special)
-        inputs, targets = random_mask(enc["input_ids"], maskable, tokenizer.mask_token_id, len(tokenizer), 0.15, generator)
-        return {**enc, "input_ids": inputs}, targets
+    piece_chars = piece_characters(tokenizer)
+    special = set(tokenizer.all_special_ids)
+
+    def mlm_batch(batch_texts, seed):
+        ids = tokenizer(batch_texts, truncation=True, max_length=max_length)["input_ids"]
+        masked = [char_level_mask(x, piece_chars, special, tokenizer.mask_token_id,
+                                  len(tokenizer), 0.15, random.Random(seed * 100_003 + i), max_length)
+                  for i, x in enumerate(ids)]
+        width = max(len(x) for x, _ in masked)
+        pad = tokenizer.pad_token_id
+        inputs = torch.tensor([x + [pad] * (width - len(x)) for x, _ in masked])
+        targets = torch.tensor([t + [-100] * (width - len(t)) for _, t in masked])
+        batch = {"input_ids": inputs, "attention_mask": (torch.arange(width) < torch.tensor(
+            [[len(x)] for x, _ in masked])).long()}
+        if "token_type_ids" in tokenizer.model_input_names:
+            batch["token_type_ids"] = torch.zeros_like(inputs)
+        return batch, targets
 
     def mlm_logits(out):
         return out.prediction_logits if nsp else out.logits
@@ -83,7 +167,7 @@ def adapt_mlm(model_path: str, texts: list[str], out: Path, steps: int = 200, ba
     t0 = time.process_time()
     model.train()
     for step in range(steps):
-        inputs, targets = mlm_batch(rng.sample(train_texts, min(batch_size, len(train_texts))))
+        inputs, targets = mlm_batch(rng.sample(train_texts, min(batch_size, len(train_texts))), seed=step)
         loss = torch.nn.functional.cross_entropy(mlm_logits(model(**inputs)).flatten(0, 1), targets.flatten())
         if nsp:
             pairs = nsp_pairs(train_docs, rng, batch_size)
@@ -102,9 +186,8 @@ def adapt_mlm(model_path: str, texts: list[str], out: Path, steps: int = 200, ba
               "source": model_path, "cpu_seconds": round(time.process_time() - t0, 1)}
     with torch.no_grad():
         right = total = 0
-        generator = torch.Generator().manual_seed(1234)
         for i in range(0, len(test_texts), 32):
-            inputs, targets = mlm_batch(test_texts[i:i + 32], generator)
+            inputs, targets = mlm_batch(test_texts[i:i + 32], seed=10**9 + i)
             pred = mlm_logits(model(**inputs)).argmax(-1)
             chosen = targets >= 0
             right += int((pred[chosen] == targets[chosen]).sum())
