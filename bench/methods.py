@@ -101,28 +101,10 @@ SPLIT_FILES = {  # task → (directory under the data dir, train file, dev file)
 
 
 def subset_data(data_dir: str, out: Path, train: int, dev: int) -> str:
-    """A data directory whose train/dev files are seeded random subsets (the FewCLUE files are sorted by
-    label, so "the first N" would hold a few classes only); every other file is linked unchanged."""
-    import gzip
-    import random
+    from subsets import subset_data as sample
 
-    for task, (folder, train_file, dev_file) in SPLIT_FILES.items():
-        src, dst = Path(data_dir) / folder, out / folder
-        dst.mkdir(parents=True, exist_ok=True)
-        for f in src.iterdir():
-            limit = {train_file: train, dev_file: dev}.get(f.name)
-            target = dst / f.name
-            if target.exists():
-                continue
-            if not limit:
-                target.symlink_to(f.resolve())
-                continue
-            rows = gzip.open(f, "rt", encoding="utf-8").read().splitlines(keepends=True)
-            if len(rows) > limit:
-                rows = [rows[i] for i in sorted(random.Random(0).sample(range(len(rows)), limit))]
-            with gzip.open(target, "wt", encoding="utf-8") as fh:
-                fh.writelines(rows)
-    return str(out)
+    return sample(data_dir, out, {folder: {train_file: train, dev_file: dev}
+                                  for folder, train_file, dev_file in SPLIT_FILES.values()})
 
 
 def worker(spec: dict) -> dict:

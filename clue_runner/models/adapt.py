@@ -161,19 +161,30 @@ def adapt_mlm(model_path: str, texts: list[str], out: Path, steps: int = 200, ba
             batch["token_type_ids"] = torch.zeros_like(inputs)
         return batch, targets
 
-    def mlm_logits(out):
-        return out.prediction_logits if nsp else out.logits
+    heads = getattr(model, "cls", None)  # BERT-family: predictions (MLM) and seq_relationship (NSP)
+
+    def masked_logits(inputs, targets):
+        """Logits at the masked positions only (the vocabulary projection of every position would
+        cost about a third of the step), and their targets."""
+        chosen = targets >= 0
+        if hasattr(heads, "predictions"):
+            hidden = model.base_model(**inputs).last_hidden_state
+            return heads.predictions(hidden[chosen]), targets[chosen]
+        return model(**inputs).logits[chosen], targets[chosen]
+
+    def next_sentence_logits(enc):
+        return heads.seq_relationship(model.base_model(**enc).pooler_output)
 
     t0 = time.process_time()
     model.train()
     for step in range(steps):
         inputs, targets = mlm_batch(rng.sample(train_texts, min(batch_size, len(train_texts))), seed=step)
-        loss = torch.nn.functional.cross_entropy(mlm_logits(model(**inputs)).flatten(0, 1), targets.flatten())
+        loss = torch.nn.functional.cross_entropy(*masked_logits(inputs, targets))
         if nsp:
             pairs = nsp_pairs(train_docs, rng, batch_size)
             enc = tokenizer([p[0] for p in pairs], [p[1] for p in pairs], truncation=True, max_length=max_length,
                             padding=True, return_tensors="pt")
-            loss = loss + torch.nn.functional.cross_entropy(model(**enc).seq_relationship_logits,
+            loss = loss + torch.nn.functional.cross_entropy(next_sentence_logits(enc),
                                                             torch.tensor([p[2] for p in pairs]))
         opt.zero_grad()
         loss.backward()
@@ -188,17 +199,16 @@ def adapt_mlm(model_path: str, texts: list[str], out: Path, steps: int = 200, ba
         right = total = 0
         for i in range(0, len(test_texts), 32):
             inputs, targets = mlm_batch(test_texts[i:i + 32], seed=10**9 + i)
-            pred = mlm_logits(model(**inputs)).argmax(-1)
-            chosen = targets >= 0
-            right += int((pred[chosen] == targets[chosen]).sum())
-            total += int(chosen.sum())
+            logits, chosen = masked_logits(inputs, targets)
+            right += int((logits.argmax(-1) == chosen).sum())
+            total += len(chosen)
         result["masked_token_accuracy"] = round(right / max(total, 1), 4)
         result["masked_tokens_held_out"] = total
         if nsp:
             pairs = nsp_pairs(test_docs, random.Random(99), 400)
             enc = tokenizer([p[0] for p in pairs], [p[1] for p in pairs], truncation=True, max_length=max_length,
                             padding=True, return_tensors="pt")
-            pred = model(**enc).seq_relationship_logits.argmax(-1)
+            pred = next_sentence_logits(enc).argmax(-1)
             result["next_sentence_accuracy"] = round(float((pred == torch.tensor([p[2] for p in pairs])).float().mean()), 4)
             result["documents"] = len(train_docs)
     model.config.clue_run_adapted = result
@@ -210,5 +220,9 @@ def adapt_mlm(model_path: str, texts: list[str], out: Path, steps: int = 200, ba
 
 
 def adapted_label(config) -> Optional[str]:
-    info = getattr(config, "clue_run_adapted", None)
+    return describe_adaptation(getattr(config, "clue_run_adapted", None))
+
+
+def describe_adaptation(info) -> Optional[str]:
+    """"adapted on N sentences" for the record `adapt_mlm` leaves in a model config (and run JSONs)."""
     return f"adapted on {info['sentences']:,} sentences" if isinstance(info, dict) and "sentences" in info else None

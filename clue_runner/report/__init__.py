@@ -54,10 +54,19 @@ class Run:
         return self.model, self.method
 
 
+def _model_label(model: dict) -> str:
+    """The slug, plus "(adapted on N sentences)" for a model whose heads `adapt-mlm` trained: its prompt
+    results are a stand-in's, never a pretrained checkpoint's, and every row says so."""
+    from ..models.adapt import describe_adaptation
+
+    adapted = describe_adaptation(model.get("adapted"))
+    return f"{model['slug']} ({adapted})" if adapted else model["slug"]
+
+
 def _run_from_result(path: Path, result: dict) -> Run:
     try:
         return Run(
-            path=path, run_id=result["run_id"], task=result["task"]["name"], model=result["model"]["slug"],
+            path=path, run_id=result["run_id"], task=result["task"]["name"], model=_model_label(result["model"]),
             model_name=result["model"]["name"], method=result["method"], seed=result["seed"],
             created_at=result["created_at"], main_metric=result["task"]["main_metric"],
             eval_split=result["task"]["eval_split"], best=result["best"]["metrics"],
