@@ -292,7 +292,13 @@ def load_run(run_dir: Path, device: str = "auto") -> Built:
                        + ("; it was interrupted: complete it with `clue-run train --resume`"
                           if not (run_dir / RESULT_FILE).is_file() else ""))
     _check_best_is_the_results(run_dir)
-    built = build(_saved_config(run_dir), checkpoint=best, device=device)
+    cfg = _saved_config(run_dir)
+    if cfg.is_multitask:  # a MultiBuilt: one single-task view per task in `.tasks`
+        from .multitask.build import build_multitask
+
+        built = build_multitask(cfg, checkpoint=best, device=device)
+    else:
+        built = build(cfg, checkpoint=best, device=device)
     built.model.eval()
     return built
 
@@ -342,26 +348,53 @@ def evaluate(run_dir: Path, split: str = "dev", data_dir: Optional[str] = None, 
         run = load_checkpoint(run_dir, task, device)
     else:
         run = load_run(run_dir, device)
+    if getattr(run, "tasks", None) is not None:  # multi-task: every task scored, with the weighted main score
+        from .multitask.run import MAIN_METRIC, task_metric, weighted_main
+
+        scored = {name: _evaluate_built(view, split, data_dir) for name, view in run.tasks.items()}
+        per_task = {name: m for name, (m, _, _) in scored.items()}
+        metrics = {MAIN_METRIC: weighted_main(per_task, {n: v.task.main_metric for n, v in run.tasks.items()},
+                                              {e.name: e.weight for e in run.cfg.tasks})}
+        for name, m in per_task.items():
+            metrics.update({task_metric(name, k): v for k, v in m.items()})
+        examples = sum(n for _, n, _ in scored.values())
+        seconds = sum(t for _, _, t in scored.values())
+        return {"run": str(run_dir), "task": run.cfg.run_name, "split": split, "examples": examples,
+                "metrics": metrics, "tasks": per_task, "eval_samples_per_s": round(examples / max(seconds, 1e-9), 2)}
+    metrics, examples, seconds = _evaluate_built(run, split, data_dir)
+    return {"run": str(run_dir), "task": run.task.name, "split": split, "examples": examples,
+            "metrics": metrics, "eval_samples_per_s": round(examples / max(seconds, 1e-9), 2)}
+
+
+def _evaluate_built(run: Built, split: str, data_dir: Optional[str]) -> tuple[dict, int, float]:
+    """One task's scores on a labelled split, its example count and the model's seconds over it."""
     data = load_task_split(run.cfg, run.task, split, data_dir=data_dir)
     enc = run.encode(data)
     if enc.unlabelled():
         raise ClueRunError(f"{data.source}: split {split!r} has unlabelled rows; use `clue-run predict` for it")
     logits, seconds = run.logits(enc)
     calibration = run.calibration(run.threshold_split(split, data_dir))
-    return {"run": str(run_dir), "task": run.task.name, "split": split, "examples": len(enc),
-            "metrics": score(run.task, run.predict, logits, enc, calibration),
-            "eval_samples_per_s": round(len(enc) / max(seconds, 1e-9), 2)}
+    return score(run.task, run.predict, logits, enc, calibration), len(enc), seconds
 
 
 def predict(run_dir: Path, split: str = "test", data_dir: Optional[str] = None, clue_version: str = "1.1",
-            out: Optional[Path] = None, device: str = "auto") -> Path:
-    """Write predictions in the task's leaderboard format, in the test file's order."""
+            out: Optional[Path] = None, device: str = "auto"):
+    """Write predictions in the task's leaderboard format, in the test file's order. A multi-task run
+    writes one file per task (into `out` as a directory, if given) and returns their paths."""
     run = load_run(run_dir, device)
+    if getattr(run, "tasks", None) is None:
+        return _predict_built(run, split, data_dir, clue_version, Path(out) if out else None, Path(run_dir))
+    names = {name: predict_file_name(view.task, clue_version) for name, view in run.tasks.items()}  # refused before any write
+    return [_predict_built(view, split, data_dir, clue_version, Path(out) / names[name] if out else None, Path(run_dir))
+            for name, view in run.tasks.items()]
+
+
+def _predict_built(run: Built, split: str, data_dir, clue_version: str, out: Optional[Path], run_dir: Path) -> Path:
     name = predict_file_name(run.task, clue_version)  # refuses tasks without a submission format
     data = load_task_split(run.cfg, run.task, split, on_bad_row="error", data_dir=data_dir)  # a submission never skips rows
     enc = run.encode(data)
     preds = run.predict(torch.from_numpy(run.logits(enc)[0]), enc)
-    path = Path(out) if out else Path(run_dir) / PREDICTIONS_DIR / name
+    path = out or run_dir / PREDICTIONS_DIR / name
     atomic_write_text(path, format_predictions(run.task, data.examples, preds))
     return path
 
@@ -400,27 +433,42 @@ def encode_texts(texts: list[str], run_dir: Optional[Path] = None, model_name: O
 def dry_run(cfg: ExperimentConfig) -> dict:
     """What `train` would do, writing nothing to the output directory: the resolved config, split
     sizes, optimizer steps and parameter counts (the model is built, not trained; no vocabulary trim
-    is written, its effect is named instead)."""
+    is written, its effect is named instead). A multi-task config: every task's splits."""
     import math
 
     from .engine.build import _trim_skip
     from .models import resolve_model
 
-    task = get_task(cfg.task)
     trains = cfg.train.max_steps != 0
-    train_data = load_task_split(cfg, task, cfg.data.train_split, cfg.data.max_train_examples, training=True) if trains else None
-    eval_data = load_task_split(cfg, task, cfg.data.eval_split, cfg.data.max_eval_examples)
+    splits, batches = {}, {}
+    for name, tc in cfg.task_configs().items():
+        task = get_task(tc.task)
+        train_data = load_task_split(tc, task, tc.data.train_split, tc.data.max_train_examples, training=True) if trains else None
+        eval_data = load_task_split(tc, task, tc.data.eval_split, tc.data.max_eval_examples)
+        n_train = len(train_data.examples) if trains else 0
+        prefix = f"{name} " if cfg.is_multitask else ""
+        splits.update({f"{prefix}{tc.data.train_split}": n_train, f"{prefix}{tc.data.eval_split}": len(eval_data.examples)})
+        batches[name] = math.ceil(n_train / cfg.train.batch_size)
     model_path = resolve_model(cfg.model.name)
     skip = _trim_skip(cfg, model_path)
     trim = bool(cfg.model.trim_vocab) and not skip
     untrimmed = cfg.model_copy(deep=True)
     untrimmed.model.trim_vocab = False
-    counts = build(untrimmed, device="cpu").parameter_counts()
-    n_train = len(train_data.examples) if trains else 0
-    steps_per_epoch = math.ceil(math.ceil(n_train / cfg.train.batch_size) / cfg.train.grad_accum)
+    if cfg.is_multitask:
+        from .multitask.build import build_multitask
+
+        counts = build_multitask(untrimmed, device="cpu").parameter_counts()
+        # micro-batches per epoch as multitask.schedule counts them: all tasks per step, or one drawn task
+        per_epoch = max(batches.values()) if cfg.multitask.per_step == "all" else sum(batches.values())
+    else:
+        counts = build(untrimmed, device="cpu").parameter_counts()
+        per_epoch = batches[cfg.task]
+    steps_per_epoch = math.ceil(per_epoch / cfg.train.grad_accum)
     steps = cfg.train.max_steps if cfg.train.max_steps is not None else steps_per_epoch * cfg.train.epochs
-    return {"config": cfg.model_dump(mode="json"), "task": task.name, "model": model_path,
-            "splits": {cfg.data.train_split: n_train, cfg.data.eval_split: len(eval_data.examples)},
+    plan = {"config": cfg.model_dump(mode="json"), "task": cfg.run_name, "model": model_path}
+    if cfg.is_multitask:
+        plan["method"] = cfg.method_label()
+    return {**plan, "splits": splits,
             "steps_per_epoch": steps_per_epoch, "steps": steps, "warmup_steps": int(cfg.train.warmup * steps),
             "parameters": counts["total"], "trainable_parameters": counts["trainable"],
             "vocabulary_trim": "would trim to the task's texts (parameters shown untrimmed)" if trim else (
