@@ -103,7 +103,8 @@ class MultitaskConfig(Strict):
     """How a multi-task run draws batches and combines the tasks' losses (see clue_runner.multitask)."""
 
     # Which task a micro-batch comes from: ∝ training examples, ∝ examples^(1/temperature), or ∝ frequencies
-    schedule: Literal["proportional", "temperature", "fixed"] = "proportional"
+    # (default proportional; not read when per_step is all)
+    schedule: Optional[Literal["proportional", "temperature", "fixed"]] = None
     temperature: float = Field(2.0, gt=0)  # T of the temperature schedule
     frequencies: dict[str, float] = {}  # task name -> relative frequency (schedule: fixed)
     weighting: str = "fixed"  # a registered loss weighting (plugins.WEIGHTINGS)
@@ -217,6 +218,11 @@ class ExperimentConfig(Strict):
         elif mt.per_step == "scheduled" and weighting.needs_all_tasks:
             raise ValueError(f"multitask.per_step: the {mt.weighting} weighting compares every task's gradient in "
                              "each step; use per_step: all (or leave it out)")
+        if mt.per_step == "all" and mt.schedule is not None:
+            raise ValueError("multitask.schedule: with per_step all every step takes one batch of every task; "
+                             "drop schedule")
+        if mt.per_step == "scheduled" and mt.schedule is None:
+            mt.schedule = "proportional"
         unknown = [k for k in mt.frequencies if k not in names]
         if unknown:
             raise ValueError(f"multitask.frequencies: {unknown[0]!r} is not one of the tasks ({', '.join(names)})")
@@ -229,9 +235,6 @@ class ExperimentConfig(Strict):
                 raise ValueError("multitask.frequencies: give non-negative frequencies, at least one positive")
         elif mt.frequencies:
             raise ValueError(f"multitask.frequencies: only schedule fixed reads them (schedule is {mt.schedule})")
-        if mt.per_step == "all" and ("schedule" in mt.model_fields_set or mt.frequencies):
-            raise ValueError("multitask.schedule: with per_step all every step takes one batch of every task; "
-                             "drop schedule")
         roles = [entry.role for entry in self.tasks]
         if mt.weighting == "primary_auxiliary":
             primaries = roles.count("primary")
