@@ -72,7 +72,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", default="1,2")
     parser.add_argument("--weightings", default=",".join(WEIGHTINGS.names()))
     parser.add_argument("--no-single", action="store_true", help="skip the single-task runs")
-    parser.add_argument("--eval-limit", type=int, default=None, help="score on the first N dev examples of each task")
+    parser.add_argument("--eval-limit", type=int, default=None,
+                        help="score on the first N dev examples of each task (smoke runs: dev files may be sorted by label)")
     args = parser.parse_args(argv)
     base = load_config(args.config).model_dump(mode="json")
     base = yaml.safe_load(yaml.safe_dump(base))  # plain data
