@@ -26,7 +26,7 @@ from .errors import ClueRunError, DataError, DiskError, RunError, disk_error_lin
 from .features import encode_examples
 from .runs import rundir
 from .runs.naming import model_slug
-from .runs.result import RESULT_FILE, SCHEMA_VERSION, environment, read_result, write_result
+from .runs.result import RESULT_FILE, SCHEMA_VERSION, environment, read_result, task_section, write_result
 from .runs.rundir import RunDir
 from .storage import atomic_write_text, kill_point
 from .submit import PREDICTIONS_DIR, format_predictions, predict_file_name
@@ -75,12 +75,13 @@ def train(cfg: Optional[ExperimentConfig], resume: Optional[Path] = None,
                 log(f"{run.path} already finished ({RESULT_FILE}); nothing left to resume")
                 return run.path
             cfg = _saved_config(run.path)
-        prepared = _prepare(cfg, log)  # everything that can fail on bad input, before a run directory exists
+        # everything that can fail on bad input, before a run directory exists
+        prepared = prepare_multitask(cfg, log) if cfg.is_multitask else _prepare(cfg, log)
         if run is None and not writes:
             run = RunDir.scratch()  # another rank writes the run; this one needs only somewhere to not write
         elif run is None:
             config_text = yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True, sort_keys=False)
-            run = RunDir.create(cfg.output_dir, prepared.task.name, cfg.model.name, cfg.train.seed, config_text,
+            run = RunDir.create(cfg.output_dir, cfg.run_name, cfg.model.name, cfg.train.seed, config_text,
                                 path=run_dir)
         elif writes:
             run.recover()
@@ -97,6 +98,8 @@ def train(cfg: Optional[ExperimentConfig], resume: Optional[Path] = None,
 
 @dataclass
 class _Prepared:
+    """One task's run, ready to train: what `_train_in` needs from a single- or multi-task run."""
+
     task: object
     built: Built
     train_data: Optional[object]
@@ -105,8 +108,46 @@ class _Prepared:
     eval_enc: object
     threshold_enc: Optional[object]
 
+    @property
+    def main_metric(self) -> str:
+        return self.task.main_metric
 
-def _prepare(cfg: ExperimentConfig, log) -> _Prepared:
+    @property
+    def train_source(self):
+        return self.train_enc
+
+    @property
+    def eval_examples(self) -> int:
+        return len(self.eval_enc)
+
+    def evaluate(self) -> tuple[dict, float]:
+        """The metrics on the eval split and the seconds the model took over it."""
+        built = self.built
+        logits, seconds = built.logits(self.eval_enc)
+        kill_point("evaluated")
+        return score(self.task, built.predict, logits, self.eval_enc, built.calibration(self.threshold_enc)), seconds
+
+    def time_eval(self) -> float:
+        return self.built.logits(self.eval_enc)[1]
+
+    def summary_line(self, cfg: ExperimentConfig) -> str:
+        trains = self.train_enc is not None
+        return (f"[bold]{self.task.name}[/] · {cfg.model.name} · {cfg.method_label()} · seed {cfg.train.seed} · "
+                f"{len(self.train_enc) if trains else 0} train / {len(self.eval_enc)} {cfg.data.eval_split} examples")
+
+    def task_result(self, cfg: ExperimentConfig) -> dict:
+        return task_section(self.task, cfg)
+
+    def data_result(self) -> dict:
+        return {"train": self.train_data.summary() if self.train_enc is not None else None,
+                "eval": self.eval_data.summary()}
+
+    def tasks_result(self, state) -> Optional[dict]:
+        return None
+
+
+def _prepare(cfg: ExperimentConfig, log, built: Optional[Built] = None) -> _Prepared:
+    """`built`: a task view of a multi-task model (its data options in its config), else built here."""
     task = get_task(cfg.task)
     trains = cfg.train.max_steps != 0
     train_data = load_task_split(cfg, task, cfg.data.train_split, cfg.data.max_train_examples, training=True) if trains else None
@@ -116,7 +157,7 @@ def _prepare(cfg: ExperimentConfig, log) -> _Prepared:
         raise DataError(f"{eval_data.source}: split {cfg.data.eval_split!r} has unlabelled rows (example {first + 1}); "
                         "data.eval_split must name a labelled split")
     threshold_data = threshold_split_data(cfg, task, cfg.data.eval_split)
-    built = build(cfg, log=log)
+    built = built or build(cfg, log=log)
     train_enc = built.encode(train_data) if trains else None
     eval_enc = built.encode(eval_data)
     if trains and built.model.needs_labels and train_enc.unlabelled():
@@ -132,28 +173,35 @@ def _prepare(cfg: ExperimentConfig, log) -> _Prepared:
     return _Prepared(task, built, train_data, eval_data, train_enc, eval_enc, threshold_enc)
 
 
-def _train_in(cfg: ExperimentConfig, run: RunDir, prepared: _Prepared, on_event, log, wall_start) -> Path:
-    task, built = prepared.task, prepared.built
-    train_data, eval_data, train_enc, eval_enc = prepared.train_data, prepared.eval_data, prepared.train_enc, prepared.eval_enc
-    threshold_enc = prepared.threshold_enc
-    trains = train_enc is not None
+def prepare_multitask(cfg: ExperimentConfig, log):
+    """Every task of a multi-task config prepared as in a single-task run, on one shared model."""
+    from .multitask.build import build_multitask
+    from .multitask.run import MultiPrepared
+
+    built = build_multitask(cfg, log=log)
+    parts = {name: _prepare(view.cfg, log, built=view) for name, view in built.tasks.items()}
+    return MultiPrepared(cfg, built, parts)
+
+
+def _train_in(cfg: ExperimentConfig, run: RunDir, prepared, on_event, log, wall_start) -> Path:
+    built = prepared.built
+    trains = prepared.train_source is not None
     model = built.model
     run_dir = run.path
     writes = distributed.is_main()
     eval_seconds = []
 
     def evaluate() -> dict:
-        logits, seconds = built.logits(eval_enc)
+        metrics, seconds = prepared.evaluate()
         eval_seconds.append(seconds)
-        kill_point("evaluated")
-        return score(task, built.predict, logits, eval_enc, built.calibration(threshold_enc))
+        return metrics
 
     def save_best() -> None:
         best = trainer.state.best
         save_best_checkpoint(run.best, model, built.tokenizer, built.methods, best)
 
-    trainer = Trainer(model, model.loss, built.methods, train_enc, evaluate, task.main_metric, cfg.train,
-                      built.tokenizer.pad_token_id, built.device, resume_dir=run.resume,
+    trainer = Trainer(model, model.loss, built.methods, prepared.train_source, evaluate, prepared.main_metric,
+                      cfg.train, built.tokenizer.pad_token_id, built.device, resume_dir=run.resume,
                       log_dir=run.path / "logs", run_config=cfg.model_dump(mode="json"))
     best = trainer.state.best
     if writes and best is not None and run.best_step() != best["step"]:
@@ -164,8 +212,7 @@ def _train_in(cfg: ExperimentConfig, run: RunDir, prepared: _Prepared, on_event,
                            "and its weights are no longer saved; start the run again")
         save_best()
     counts = built.parameter_counts()
-    log(f"[bold]{task.name}[/] · {cfg.model.name} · {cfg.method_label()} · seed {cfg.train.seed} · "
-        f"{len(train_enc) if trains else 0} train / {len(eval_enc)} {cfg.data.eval_split} examples · "
+    log(f"{prepared.summary_line(cfg)} · "
         f"{trainer.total_steps} steps on {built.device} · {counts['trainable']:,} of {counts['total']:,} parameters trained")
     for event in trainer.run():
         if event.kind == "eval":
@@ -182,15 +229,13 @@ def _train_in(cfg: ExperimentConfig, run: RunDir, prepared: _Prepared, on_event,
     trainer.close_loggers()
     state = trainer.state
     if not eval_seconds:  # resumed after the last checkpoint: time one evaluation for the throughput
-        eval_seconds.append(built.logits(eval_enc)[1])
+        eval_seconds.append(prepared.time_eval())
     result = {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_dir.name,
         "status": "completed",
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "task": {"name": task.name, "version": task.version, "benchmark": task.benchmark,
-                 "variant": task.resolve_variant(cfg.data.variant), "eval_split": cfg.data.eval_split,
-                 "main_metric": task.main_metric, "metrics": task.metrics},
+        "task": prepared.task_result(cfg),
         "model": {"name": cfg.model.name, "slug": model_slug(cfg.model.name), "resolved": built.model_path,
                   "parameters": counts["total"], "trainable_parameters": counts["trainable"],
                   "load_report": built.load_report,
@@ -200,23 +245,26 @@ def _train_in(cfg: ExperimentConfig, run: RunDir, prepared: _Prepared, on_event,
         "methods": {m.name: m.summary() for m in built.methods if m.summary()},
         "seed": cfg.train.seed,
         "config": cfg.model_dump(mode="json"),
-        "data": {"train": train_data.summary() if trains else None, "eval": eval_data.summary()},
+        "data": prepared.data_result(),
         "history": state.history,
         "best": state.best,
         "final": state.history[-1],
         "stopped_early": state.stopped_early,
         "steps": state.step,
-        "throughput": _throughput(state, len(eval_enc), eval_seconds[-1]),
+        "throughput": _throughput(state, prepared.eval_examples, eval_seconds[-1]),
         "environment": environment(built.device),
         "wall_time_s": round(time.perf_counter() - wall_start, 2),  # this process (a resumed run counts its last part)
     }
+    tasks = prepared.tasks_result(state)
+    if tasks is not None:
+        result["tasks"] = tasks  # a multi-task run: every task's own scores
     if not writes:
         return run_dir
     write_result(run_dir, result)
     # The resume state (optimizer moments: twice the model) is only needed until the result exists.
     shutil.rmtree(run.resume, ignore_errors=True)
-    best = state.best["metrics"][task.main_metric]
-    log(f"best {task.main_metric} {best:.4f} at step {state.best['step']} → {run_dir / RESULT_FILE}")
+    best = state.best["metrics"][prepared.main_metric]
+    log(f"best {prepared.main_metric} {best:.4f} at step {state.best['step']} → {run_dir / RESULT_FILE}")
     return run_dir
 
 
@@ -244,7 +292,13 @@ def load_run(run_dir: Path, device: str = "auto") -> Built:
                        + ("; it was interrupted: complete it with `clue-run train --resume`"
                           if not (run_dir / RESULT_FILE).is_file() else ""))
     _check_best_is_the_results(run_dir)
-    built = build(_saved_config(run_dir), checkpoint=best, device=device)
+    cfg = _saved_config(run_dir)
+    if cfg.is_multitask:  # a MultiBuilt: one single-task view per task in `.tasks`
+        from .multitask.build import build_multitask
+
+        built = build_multitask(cfg, checkpoint=best, device=device)
+    else:
+        built = build(cfg, checkpoint=best, device=device)
     built.model.eval()
     return built
 
@@ -294,26 +348,53 @@ def evaluate(run_dir: Path, split: str = "dev", data_dir: Optional[str] = None, 
         run = load_checkpoint(run_dir, task, device)
     else:
         run = load_run(run_dir, device)
+    if getattr(run, "tasks", None) is not None:  # multi-task: every task scored, with the weighted main score
+        from .multitask.run import MAIN_METRIC, task_metric, weighted_main
+
+        scored = {name: _evaluate_built(view, split, data_dir) for name, view in run.tasks.items()}
+        per_task = {name: m for name, (m, _, _) in scored.items()}
+        metrics = {MAIN_METRIC: weighted_main(per_task, {n: v.task.main_metric for n, v in run.tasks.items()},
+                                              {e.name: e.weight for e in run.cfg.tasks})}
+        for name, m in per_task.items():
+            metrics.update({task_metric(name, k): v for k, v in m.items()})
+        examples = sum(n for _, n, _ in scored.values())
+        seconds = sum(t for _, _, t in scored.values())
+        return {"run": str(run_dir), "task": run.cfg.run_name, "split": split, "examples": examples,
+                "metrics": metrics, "tasks": per_task, "eval_samples_per_s": round(examples / max(seconds, 1e-9), 2)}
+    metrics, examples, seconds = _evaluate_built(run, split, data_dir)
+    return {"run": str(run_dir), "task": run.task.name, "split": split, "examples": examples,
+            "metrics": metrics, "eval_samples_per_s": round(examples / max(seconds, 1e-9), 2)}
+
+
+def _evaluate_built(run: Built, split: str, data_dir: Optional[str]) -> tuple[dict, int, float]:
+    """One task's scores on a labelled split, its example count and the model's seconds over it."""
     data = load_task_split(run.cfg, run.task, split, data_dir=data_dir)
     enc = run.encode(data)
     if enc.unlabelled():
         raise ClueRunError(f"{data.source}: split {split!r} has unlabelled rows; use `clue-run predict` for it")
     logits, seconds = run.logits(enc)
     calibration = run.calibration(run.threshold_split(split, data_dir))
-    return {"run": str(run_dir), "task": run.task.name, "split": split, "examples": len(enc),
-            "metrics": score(run.task, run.predict, logits, enc, calibration),
-            "eval_samples_per_s": round(len(enc) / max(seconds, 1e-9), 2)}
+    return score(run.task, run.predict, logits, enc, calibration), len(enc), seconds
 
 
 def predict(run_dir: Path, split: str = "test", data_dir: Optional[str] = None, clue_version: str = "1.1",
-            out: Optional[Path] = None, device: str = "auto") -> Path:
-    """Write predictions in the task's leaderboard format, in the test file's order."""
+            out: Optional[Path] = None, device: str = "auto"):
+    """Write predictions in the task's leaderboard format, in the test file's order. A multi-task run
+    writes one file per task (into `out` as a directory, if given) and returns their paths."""
     run = load_run(run_dir, device)
+    if getattr(run, "tasks", None) is None:
+        return _predict_built(run, split, data_dir, clue_version, Path(out) if out else None, Path(run_dir))
+    names = {name: predict_file_name(view.task, clue_version) for name, view in run.tasks.items()}  # refused before any write
+    return [_predict_built(view, split, data_dir, clue_version, Path(out) / names[name] if out else None, Path(run_dir))
+            for name, view in run.tasks.items()]
+
+
+def _predict_built(run: Built, split: str, data_dir, clue_version: str, out: Optional[Path], run_dir: Path) -> Path:
     name = predict_file_name(run.task, clue_version)  # refuses tasks without a submission format
     data = load_task_split(run.cfg, run.task, split, on_bad_row="error", data_dir=data_dir)  # a submission never skips rows
     enc = run.encode(data)
     preds = run.predict(torch.from_numpy(run.logits(enc)[0]), enc)
-    path = Path(out) if out else Path(run_dir) / PREDICTIONS_DIR / name
+    path = out or run_dir / PREDICTIONS_DIR / name
     atomic_write_text(path, format_predictions(run.task, data.examples, preds))
     return path
 
@@ -352,27 +433,42 @@ def encode_texts(texts: list[str], run_dir: Optional[Path] = None, model_name: O
 def dry_run(cfg: ExperimentConfig) -> dict:
     """What `train` would do, writing nothing to the output directory: the resolved config, split
     sizes, optimizer steps and parameter counts (the model is built, not trained; no vocabulary trim
-    is written, its effect is named instead)."""
+    is written, its effect is named instead). A multi-task config: every task's splits."""
     import math
 
     from .engine.build import _trim_skip
     from .models import resolve_model
 
-    task = get_task(cfg.task)
     trains = cfg.train.max_steps != 0
-    train_data = load_task_split(cfg, task, cfg.data.train_split, cfg.data.max_train_examples, training=True) if trains else None
-    eval_data = load_task_split(cfg, task, cfg.data.eval_split, cfg.data.max_eval_examples)
+    splits, batches = {}, {}
+    for name, tc in cfg.task_configs().items():
+        task = get_task(tc.task)
+        train_data = load_task_split(tc, task, tc.data.train_split, tc.data.max_train_examples, training=True) if trains else None
+        eval_data = load_task_split(tc, task, tc.data.eval_split, tc.data.max_eval_examples)
+        n_train = len(train_data.examples) if trains else 0
+        prefix = f"{name} " if cfg.is_multitask else ""
+        splits.update({f"{prefix}{tc.data.train_split}": n_train, f"{prefix}{tc.data.eval_split}": len(eval_data.examples)})
+        batches[name] = math.ceil(n_train / cfg.train.batch_size)
     model_path = resolve_model(cfg.model.name)
     skip = _trim_skip(cfg, model_path)
     trim = bool(cfg.model.trim_vocab) and not skip
     untrimmed = cfg.model_copy(deep=True)
     untrimmed.model.trim_vocab = False
-    counts = build(untrimmed, device="cpu").parameter_counts()
-    n_train = len(train_data.examples) if trains else 0
-    steps_per_epoch = math.ceil(math.ceil(n_train / cfg.train.batch_size) / cfg.train.grad_accum)
+    if cfg.is_multitask:
+        from .multitask.build import build_multitask
+
+        counts = build_multitask(untrimmed, device="cpu").parameter_counts()
+        # micro-batches per epoch as multitask.schedule counts them: all tasks per step, or one drawn task
+        per_epoch = max(batches.values()) if cfg.multitask.per_step == "all" else sum(batches.values())
+    else:
+        counts = build(untrimmed, device="cpu").parameter_counts()
+        per_epoch = batches[cfg.task]
+    steps_per_epoch = math.ceil(per_epoch / cfg.train.grad_accum)
     steps = cfg.train.max_steps if cfg.train.max_steps is not None else steps_per_epoch * cfg.train.epochs
-    return {"config": cfg.model_dump(mode="json"), "task": task.name, "model": model_path,
-            "splits": {cfg.data.train_split: n_train, cfg.data.eval_split: len(eval_data.examples)},
+    plan = {"config": cfg.model_dump(mode="json"), "task": cfg.run_name, "model": model_path}
+    if cfg.is_multitask:
+        plan["method"] = cfg.method_label()
+    return {**plan, "splits": splits,
             "steps_per_epoch": steps_per_epoch, "steps": steps, "warmup_steps": int(cfg.train.warmup * steps),
             "parameters": counts["total"], "trainable_parameters": counts["trainable"],
             "vocabulary_trim": "would trim to the task's texts (parameters shown untrimmed)" if trim else (

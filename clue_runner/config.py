@@ -8,7 +8,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 import difflib
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from .errors import ConfigError, decode_utf8
 
@@ -88,8 +88,34 @@ class MethodConfig(BaseModel):
     name: str
 
 
+class TaskEntry(Strict):
+    """One task of a multi-task run: its head, its data options over the top-level `data:` block,
+    its weight (in the loss, for weightings that read it, and in the weighted main score) and role."""
+
+    name: str
+    head: HeadConfig = HeadConfig()
+    data: dict[str, Any] = {}  # DataConfig keys (variant, train_split, max_length …) for this task only
+    weight: float = Field(1.0, gt=0)
+    role: Optional[Literal["primary", "auxiliary"]] = None
+
+
+class MultitaskConfig(Strict):
+    """How a multi-task run draws batches and combines the tasks' losses (see clue_runner.multitask)."""
+
+    # Which task a micro-batch comes from: ∝ training examples, ∝ examples^(1/temperature), or ∝ frequencies
+    # (default proportional; not read when per_step is all)
+    schedule: Optional[Literal["proportional", "temperature", "fixed"]] = None
+    temperature: float = Field(2.0, gt=0)  # T of the temperature schedule
+    frequencies: dict[str, float] = {}  # task name -> relative frequency (schedule: fixed)
+    weighting: str = "fixed"  # a registered loss weighting (plugins.WEIGHTINGS)
+    # scheduled: one task's batch per micro-batch; all: one batch of every task (gradient-based weightings need it)
+    per_step: Optional[Literal["scheduled", "all"]] = None  # default: what the weighting needs
+
+
 class ExperimentConfig(Strict):
-    task: str
+    task: Optional[str] = None
+    tasks: Optional[list[TaskEntry]] = None  # several tasks on one shared encoder, instead of `task`
+    multitask: Optional[MultitaskConfig] = None
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
@@ -100,9 +126,11 @@ class ExperimentConfig(Strict):
     # Every name resolves here, so a typo fails before any data is read.
     @field_validator("task")
     @classmethod
-    def _task_exists(cls, name: str) -> str:
+    def _task_exists(cls, name: Optional[str]) -> Optional[str]:
         from .tasks import get_task
 
+        if name is None:
+            return name
         try:
             get_task(name)
         except ConfigError as err:
@@ -120,12 +148,25 @@ class ExperimentConfig(Strict):
             raise ValueError(str(err)) from None
         return methods
 
+    @model_validator(mode="before")
+    @classmethod
+    def _multitask_defaults(cls, raw):
+        if isinstance(raw, dict) and raw.get("tasks") is not None and raw.get("multitask") is None:
+            raw = {**raw, "multitask": {}}
+        return raw
+
     @model_validator(mode="after")
     def _variant_head_and_methods_resolve(self):
         from .heads import resolve_head
         from .methods import build_methods, check_methods
         from .tasks import get_task
 
+        if self.tasks is not None:
+            return self._check_multitask()
+        if self.task is None:
+            raise ValueError("task: required key is missing (or give tasks: for a multi-task run)")
+        if self.multitask is not None:
+            raise ValueError("multitask: applies to a tasks: list; with one task drop it")
         task = get_task(self.task)
         try:
             task.resolve_variant(self.data.variant)
@@ -141,11 +182,118 @@ class ExperimentConfig(Strict):
             raise ValueError(str(err)) from None
         return self
 
+    def _check_multitask(self):
+        from .heads import resolve_head
+        from .multitask.weighting import weighting_class
+        from .tasks import get_task
+
+        if self.task is not None:
+            raise ValueError("task and tasks: give one task (task:) or several (tasks:), not both")
+        if len(self.tasks) < 2:
+            raise ValueError("tasks: list at least two tasks (one task: use task:)")
+        if self.head.model_dump(exclude_none=True):
+            raise ValueError("head: with tasks:, give each task's head in its entry (tasks.N.head)")
+        if self.methods:
+            raise ValueError("methods: not supported in multi-task runs yet")
+        names = [entry.name for entry in self.tasks]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ValueError(f"tasks.{i}.name: {name!r} is listed twice")
+        mt = self.multitask
+        for i, entry in enumerate(self.tasks):
+            try:
+                single = self.task_config(entry)
+            except ConfigError as err:
+                raise ValueError(f"tasks.{i} ({entry.name}): {err}") from None
+            head_cls, _ = resolve_head(get_task(single.task), single.head)
+            if head_cls.requires_kind not in (None, "base"):
+                raise ValueError(f"tasks.{i}.head: head {head_cls.__name__} needs its own {head_cls.requires_kind} "
+                                 "backbone; tasks in one run share a base encoder")
+        try:
+            weighting = weighting_class(mt.weighting)
+        except ConfigError as err:
+            raise ValueError(f"multitask.weighting: {err}") from None
+        if mt.per_step is None:
+            mt.per_step = "all" if weighting.needs_all_tasks else "scheduled"
+        elif mt.per_step == "scheduled" and weighting.needs_all_tasks:
+            raise ValueError(f"multitask.per_step: the {mt.weighting} weighting compares every task's gradient in "
+                             "each step; use per_step: all (or leave it out)")
+        if mt.per_step == "all" and mt.schedule is not None:
+            raise ValueError("multitask.schedule: with per_step all every step takes one batch of every task; "
+                             "drop schedule")
+        if mt.per_step == "scheduled" and mt.schedule is None:
+            mt.schedule = "proportional"
+        unknown = [k for k in mt.frequencies if k not in names]
+        if unknown:
+            raise ValueError(f"multitask.frequencies: {unknown[0]!r} is not one of the tasks ({', '.join(names)})")
+        if mt.schedule == "fixed":
+            missing = [n for n in names if n not in mt.frequencies]
+            if missing:
+                raise ValueError(f"multitask.frequencies: schedule fixed needs a frequency for every task; "
+                                 f"missing {', '.join(missing)}")
+            if not any(v > 0 for v in mt.frequencies.values()) or any(v < 0 for v in mt.frequencies.values()):
+                raise ValueError("multitask.frequencies: give non-negative frequencies, at least one positive")
+        elif mt.frequencies:
+            raise ValueError(f"multitask.frequencies: only schedule fixed reads them (schedule is {mt.schedule})")
+        roles = [entry.role for entry in self.tasks]
+        if mt.weighting == "primary_auxiliary":
+            primaries = roles.count("primary")
+            if primaries != 1:
+                raise ValueError(f"tasks: the primary_auxiliary weighting needs exactly one task with role: primary "
+                                 f"(found {primaries})")
+        elif any(roles):
+            i = next(i for i, r in enumerate(roles) if r)
+            raise ValueError(f"tasks.{i}.role: only the primary_auxiliary weighting reads roles "
+                             f"(weighting is {mt.weighting})")
+        return self
+
+    def task_config(self, entry: TaskEntry) -> "ExperimentConfig":
+        """The single-task config of one entry of `tasks:` (its data options over the top-level ones):
+        every per-task step (data, featurizing, scoring, predictions) runs on it as in a single-task run."""
+        raw = {"task": entry.name, "model": self.model.model_dump(), "data": {**self.data.model_dump(), **entry.data},
+               "train": self.train.model_dump(), "head": entry.head.model_dump(exclude_none=True),
+               "output_dir": self.output_dir}
+        try:
+            return ExperimentConfig.model_validate(raw)
+        except ValidationError as err:
+            raise ConfigError(error_lines(err)) from None
+
+    def task_configs(self) -> dict[str, "ExperimentConfig"]:
+        """Task name -> its single-task config (the config itself for a single-task run)."""
+        if self.tasks is None:
+            return {self.task: self}
+        return {entry.name: self.task_config(entry) for entry in self.tasks}
+
+    @property
+    def is_multitask(self) -> bool:
+        return self.tasks is not None
+
+    @property
+    def run_name(self) -> str:
+        """The task folder of the run directory and the run JSON's task name."""
+        return self.task if self.tasks is None else "multitask-" + "+".join(e.name for e in self.tasks)
+
+    @model_serializer(mode="wrap")
+    def _drop_unused(self, handler):
+        # A single-task config dumps (and hashes) exactly as before multi-task runs existed.
+        out = handler(self)
+        for key in ("task", "tasks", "multitask"):
+            if key in out and out[key] is None:
+                del out[key]
+        return out
+
     def method_label(self) -> str:
         """How reports name the method: training kind, head options that change it, methods with their
-        non-default parameters (LoRA r=8 and r=16 are two rows)."""
+        non-default parameters (LoRA r=8 and r=16 are two rows); a multi-task run names its tasks and weighting."""
         from .methods import build_methods
 
+        if self.tasks is not None:
+            mt = self.multitask
+            draw = "all per step" if mt.per_step == "all" else (
+                f"temperature T={mt.temperature:g}" if mt.schedule == "temperature" else mt.schedule)
+            weights = "" if all(e.weight == 1 for e in self.tasks) else (
+                " w=" + "/".join(f"{e.weight:g}" for e in self.tasks))
+            return f"multitask({'+'.join(e.name for e in self.tasks)}, {mt.weighting}, {draw}{weights})"
         head = self.head.model_dump(exclude_none=True)
         parts = ["finetune" if self.train.max_steps != 0 else "no-training"]
         if head:
@@ -250,6 +398,10 @@ def _field_names(model_cls: type[BaseModel], loc: tuple) -> list[str]:
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
+    return f"{source}: invalid config: " + error_lines(err)  # one line, as every error
+
+
+def error_lines(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         loc = tuple(e["loc"])
@@ -266,7 +418,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
             lines.append(msg if not loc else f"{path}: {msg}")
         else:
             lines.append(f"{path}: {e['msg']} (got {e.get('input')!r})")
-    return f"{source}: invalid config: " + "; ".join(lines)  # one line, as every error
+    return "; ".join(lines)
 
 
 def build_config(raw: dict, overrides: list[str] = (), source: str = "config") -> ExperimentConfig:

@@ -54,3 +54,13 @@ PARSERS: Registry = Registry("input encoder", {
     "idiom_cloze": "clue_runner.data.parsers:parse_idiom_cloze",
     "entity_spans": "clue_runner.data.parsers:parse_entity_spans",
 }, "clue_run.parsers")
+
+# Multi-task loss weightings (`multitask.weighting` in a config): per-task losses → the loss to backpropagate.
+WEIGHTINGS: Registry = Registry("loss weighting", {
+    "fixed": "clue_runner.multitask.weighting:FixedWeights",
+    "initial_loss": "clue_runner.multitask.weighting:InitialLoss",
+    "realtime": "clue_runner.multitask.weighting:RealTime",
+    "grad_norm": "clue_runner.multitask.weighting:GradNorm",
+    "mgda": "clue_runner.multitask.weighting:Mgda",
+    "primary_auxiliary": "clue_runner.multitask.weighting:PrimaryAuxiliary",
+}, "clue_run.weightings")

@@ -243,9 +243,25 @@ class Entry:
         return len(text.splitlines())
 
 
-def _entry(run_dir: Path, clue_version: str, fewclue_split: Optional[str]) -> tuple[Optional[Entry], list[str]]:
+def _entries(run_dir: Path, clue_version: str, fewclue_split: Optional[str]) -> tuple[list[Entry], list[str]]:
+    """The zip entries of one run: its task's file, or one per task of a multi-task run."""
     result = read_result(run_dir)
-    task = get_task(result["task"]["name"])
+    config = result.get("config", {})
+    if not result.get("tasks"):
+        entry, problems = _entry(run_dir, result["task"], config.get("data", {}).get("dir"), clue_version, fewclue_split)
+        return [entry] if entry else [], problems
+    data_dirs = {t["name"]: {**config.get("data", {}), **t.get("data", {})}.get("dir") for t in config.get("tasks", [])}
+    entries, problems = [], []
+    for name, task in result["tasks"].items():
+        entry, found = _entry(run_dir, task, data_dirs.get(name), clue_version, fewclue_split)
+        entries += [entry] if entry else []
+        problems += found
+    return entries, problems
+
+
+def _entry(run_dir: Path, described: dict, data_dir: Optional[str], clue_version: str,
+           fewclue_split: Optional[str]) -> tuple[Optional[Entry], list[str]]:
+    task = get_task(described["name"])
     if task.submission is None:
         return None, [f"{run_dir}: task {task.name!r} defines no submission format"]
     source = run_dir / PREDICTIONS_DIR / predict_file_name(task, clue_version)
@@ -256,11 +272,10 @@ def _entry(run_dir: Path, clue_version: str, fewclue_split: Optional[str]) -> tu
         return None, [f"{run_dir}: no test predictions {source.name}{hint}; "
                       f"run `clue-run predict --run {run_dir}{version}` first"]
     problems = []
-    variant = result["task"].get("variant")
+    variant = described.get("variant")
     if fewclue_split is not None and task.benchmark == "fewclue" and variant not in (fewclue_split, f"few_{fewclue_split}"):
         problems.append(f"{run_dir}: trained on FewCLUE split {variant!r}, not on split {fewclue_split!r}")
-    entry = Entry(run_dir, task, source, submission_name(task, clue_version, fewclue_split),
-                  result.get("config", {}).get("data", {}).get("dir"))
+    entry = Entry(run_dir, task, source, submission_name(task, clue_version, fewclue_split), data_dir)
     return entry, problems
 
 
@@ -318,16 +333,15 @@ def pack_submission(run_dirs: list[Path], out: Path, clue_version: str = "1.1",
     entries, problems = [], []
     for run_dir in map(Path, run_dirs):
         try:
-            entry, found = _entry(run_dir, clue_version, fewclue_split)
+            found_entries, found = _entries(run_dir, clue_version, fewclue_split)
         except ClueRunError as err:  # e.g. not a finished run: still list every other problem
-            entry, found = None, [str(err)]
+            found_entries, found = [], [str(err)]
         problems += found
-        if entry is None:
-            continue
-        entries.append(entry)
-        # The zip name is right by construction here; the name check matters for files checked on their own.
-        problems += validate_prediction_file(entry.task, entry.source, data_dir or entry.data_dir, entry.name,
-                                             name=entry.name)
+        for entry in found_entries:
+            entries.append(entry)
+            # The zip name is right by construction here; the name check matters for files checked on their own.
+            problems += validate_prediction_file(entry.task, entry.source, data_dir or entry.data_dir, entry.name,
+                                                 name=entry.name)
     problems += _board_problems(entries, fewclue_split)
     missing = _missing_fewclue_tasks(entries) if not partial else []
     if missing:

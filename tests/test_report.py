@@ -118,8 +118,8 @@ def test_latest_keeps_the_newest_run_per_seed(results):
 
 
 def test_unknown_schema_version_is_refused_naming_the_file(results):
-    newer = write_run(results, "afqmc", "bert-base", "finetune", 9, 0.7, "2026-02-01T00:00:00+00:00", schema_version=2)
-    with pytest.raises(ClueRunError, match="schema version 2"):
+    newer = write_run(results, "afqmc", "bert-base", "finetune", 9, 0.7, "2026-02-01T00:00:00+00:00", schema_version=3)
+    with pytest.raises(ClueRunError, match="schema version 3"):
         rep.load_runs([results])
     code, output = cli(results)
     assert code == 2

@@ -70,7 +70,7 @@ def test_train_json_and_eval_agree_through_cli(tiny_model, data_dir, tmp_path):
     assert res.exit_code == 0, res.output
     (run_dir,) = list((tmp_path / "results").glob("*/*/*"))
     result = json.loads((run_dir / "run.json").read_text())
-    assert result["schema_version"] == 1 and result["seed"] == 3 and result["task"]["name"] == "fewclue_eprstmt"
+    assert result["schema_version"] == 2 and result["seed"] == 3 and result["task"]["name"] == "fewclue_eprstmt"
     assert result["data"]["eval"]["examples"] == 160 and result["throughput"]["train_samples_per_s"] > 0
     assert set(result["environment"]["packages"]) >= {"torch", "transformers"}
     res = runner.invoke(app, ["eval", "--run", str(run_dir), "--split", "dev", "--json"])

@@ -139,8 +139,9 @@ def predict(
 
     if clue_version not in ("1.0", "1.1"):
         raise ClueRunError(f"--clue-version {clue_version!r}: choose 1.0 or 1.1")
-    path = api.predict(run, split, data_dir, clue_version, output, device)
-    out.print(str(path), highlight=False, soft_wrap=True)
+    paths = api.predict(run, split, data_dir, clue_version, output, device)
+    for path in paths if isinstance(paths, list) else [paths]:  # a multi-task run: one file per task
+        out.print(str(path), highlight=False, soft_wrap=True)
 
 
 @app.command()

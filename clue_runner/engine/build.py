@@ -157,17 +157,21 @@ def trimmed_model(model_path: str, task: TaskSpec, data_dir: Optional[str], log:
     Hidden states on those texts are unchanged; the optimizer and embedding gradients shrink by
     the size of the unused vocabulary (most of a multilingual model).
     """
+    return trimmed_for_texts(model_path, task_texts(task, data_dir), task.name, log)
+
+
+def trimmed_for_texts(model_path: str, texts: list[str], label: str, log: Callable[[str], None]) -> str:
+    """The model trimmed to `texts` (several tasks' texts in a multi-task run), cached under `label`."""
     from ..models.trim import trim
 
-    texts = task_texts(task, data_dir)
     weights = Path(model_path) / "model.safetensors"
     key = hashlib.sha1(f"{Path(model_path).resolve()}|{weights.stat().st_mtime_ns if weights.exists() else ''}".encode())
     for t in texts:
         key.update(t.encode() + b"\x00")
-    out = cache_root() / "models" / f"trimmed-{task.name}-{key.hexdigest()[:16]}"
+    out = cache_root() / "models" / f"trimmed-{label}-{key.hexdigest()[:16]}"
     if not (out / "model.safetensors").is_file():
         report = trim(model_path, texts, out, keep_cjk_chars=True, dtype="float32")
-        log(f"vocabulary trimmed for {task.name}: {report.pieces_before:,} → {report.pieces_after:,} pieces, "
+        log(f"vocabulary trimmed for {label}: {report.pieces_before:,} → {report.pieces_after:,} pieces, "
             f"{report.params_before / 1e6:.1f}M → {report.params_after / 1e6:.1f}M parameters ({out})")
     return str(out)
 

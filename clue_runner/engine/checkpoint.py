@@ -29,7 +29,9 @@ BEST_MARKER = "clue_run_best.json"
 
 
 def _head_state(model) -> dict:
-    return {k: v.detach().contiguous() for k, v in model.state_dict().items() if not k.startswith("backbone.")}
+    # a multi-task model holds the backbone once more under each head (heads.<task>.backbone.*): not head weights
+    return {k: v.detach().contiguous() for k, v in model.state_dict().items()
+            if not k.startswith("backbone.") and ".backbone." not in k}
 
 
 def save_best(directory: Path, model, tokenizer, methods, best: Optional[dict] = None) -> None:

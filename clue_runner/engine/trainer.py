@@ -22,7 +22,8 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import get_linear_schedule_with_warmup
 
-from ..features import Encoded, collate, to_device, train_batches
+from ..features import Encoded, to_device
+from ..features.batching import EncodedSource, padded_tokens
 from ..storage import atomic_save, kill_point
 from . import distributed
 from .cuda_graphs import GraphedTrainStep, StaticBatcher
@@ -97,19 +98,21 @@ class Event:
 
 
 class Trainer:
-    def __init__(self, model, loss_fn: Callable, methods: list, train_data: Encoded, evaluate: Callable[[], dict],
+    def __init__(self, model, loss_fn: Callable, methods: list, train_data, evaluate: Callable[[], dict],
                  main_metric: str, cfg, pad_id: int, device: torch.device, resume_dir: Optional[Path] = None,
                  log_dir: Optional[Path] = None, run_config: Optional[dict] = None):
         self.model, self.loss_fn, self.methods = model, loss_fn, methods
-        self.data, self.evaluate, self.main_metric = train_data, evaluate, main_metric
+        # Training data: one task's Encoded, or a batch source (epoch → items, collate; e.g. several tasks)
+        if isinstance(train_data, Encoded):
+            train_data = EncodedSource(train_data, cfg.batch_size, cfg.seed, cfg.group_by_length)
+        self.source, self.evaluate, self.main_metric = train_data, evaluate, main_metric
         self.cfg, self.pad_id, self.device = cfg, pad_id, device
         self.resume_dir = resume_dir
         self.amp = autocast_dtype(cfg.precision, device)
         # float16 gradients underflow without loss scaling; bf16 and fp32 need none.
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
         # No training data: max_steps 0, the run only scores the model as it is.
-        self.lengths = train_data.lengths if train_data is not None else np.zeros(0, dtype=np.int64)
-        self.batches_per_epoch = math.ceil(len(self.lengths) / cfg.batch_size)
+        self.batches_per_epoch = train_data.batches_per_epoch if train_data is not None else 0
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.grad_accum)
         self.total_steps = cfg.max_steps if cfg.max_steps is not None else self.steps_per_epoch * cfg.epochs
         self.state = TrainState()
@@ -135,7 +138,7 @@ class Trainer:
         self.graph_step = self.static_batch = None
         if self.fast_path:
             self.graph_step = GraphedTrainStep(model, loss_fn, self.optimizer, cfg.max_grad_norm, self.amp)
-            self.static_batch = StaticBatcher(train_data, pad_id, cfg.batch_size)
+            self.static_batch = StaticBatcher(self.source.data, pad_id, cfg.batch_size)
         if resume_dir is not None and (resume_dir / RESUME_FILE).is_file():
             self._load(resume_dir)
         from .loggers import open_loggers
@@ -145,8 +148,8 @@ class Trainer:
 
     def _epoch_batches(self) -> Iterator[dict]:
         """The first epoch's batches on the device, for methods that look at the data before training."""
-        for indices in train_batches(self.lengths, self.cfg.batch_size, self.cfg.seed, 0, self.cfg.group_by_length):
-            yield to_device(collate(self.data, indices, self.pad_id), self.device)
+        for item in self.source.epoch(0):
+            yield to_device(self.source.collate(item, self.pad_id), self.device)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         new = {id(p) for p in getattr(self.model, "new_parameters", lambda: [])()}
@@ -210,7 +213,7 @@ class Trainer:
             bar = progress.add_task("train", total=self.total_steps, completed=state.step)
             self._mark()
             while state.step < self.total_steps:
-                batches = train_batches(self.lengths, cfg.batch_size, cfg.seed, state.epoch, cfg.group_by_length)
+                batches = self.source.epoch(state.epoch)
                 first = state.batch_in_epoch
                 for bi in range(first, len(batches)):
                     epoch_end = bi + 1 == len(batches)
@@ -240,19 +243,19 @@ class Trainer:
                         return
             self._tick()
 
-    def _train_on(self, indices: np.ndarray, boundary: bool, scale: float) -> None:
+    def _train_on(self, item, boundary: bool, scale: float) -> None:
         """One micro-batch: forward, backward, method hooks; the optimizer step at an accumulation boundary."""
         state = self.state
         if self.graph_step is not None:
-            host, _ = self.static_batch(indices)
+            host, _ = self.static_batch(item)
             self.graph_step.set_lrs()
             loss = self.graph_step(host)  # includes the optimizer step
             self.scheduler.step()
             state.step += 1
         else:
             # Data parallel: this process's share of the global batch, its loss weighted by its share.
-            mine, weight = distributed.shard(indices)
-            host = collate(self.data, mine, self.pad_id, pad_multiple=self.pad_multiple)
+            mine, weight = self.source.shard(item, distributed.shard)
+            host = self.source.collate(mine, self.pad_id, pad_multiple=self.pad_multiple)
             batch = to_device(host, self.device)
             loss = self._loss(batch) * weight
             self.scaler.scale(loss * scale).backward()  # the loss itself when not scaling
@@ -263,9 +266,9 @@ class Trainer:
                 self._optimizer_step()
         self._loss_sum += loss.detach()
         state.pending_count += 1
-        state.samples += len(indices)
-        state.real_tokens += int(self.lengths[indices].sum())
-        state.padded_tokens += sum(v.numel() for k, v in host.items() if k.endswith("input_ids"))
+        state.samples += self.source.samples(item)
+        state.real_tokens += self.source.real_tokens(item)
+        state.padded_tokens += padded_tokens(host)
 
     def _mark(self) -> None:
         self._t0 = time.perf_counter()

@@ -62,7 +62,38 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     """
     if device.type != "cuda":
         return batch
-    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+    # a multi-task batch is {task: batch}
+    return {k: to_device(v, device) if isinstance(v, dict) else v.pin_memory().to(device, non_blocking=True)
+            for k, v in batch.items()}
+
+
+def padded_tokens(batch: dict) -> int:
+    """Token positions of a host batch, padding included (of every task's batch in a multi-task one)."""
+    return sum(padded_tokens(v) if isinstance(v, dict) else v.numel() for k, v in batch.items()
+               if isinstance(v, dict) or k.endswith("input_ids"))
+
+
+class EncodedSource:
+    """One task's training batches: an item is a batch's example indices (see train_batches)."""
+
+    def __init__(self, data: Encoded, batch_size: int, seed: int, group_by_length: bool = True):
+        self.data, self.batch_size, self.seed, self.group_by_length = data, batch_size, seed, group_by_length
+        self.batches_per_epoch = -(-len(data.lengths) // batch_size)
+
+    def epoch(self, epoch: int) -> list[np.ndarray]:
+        return train_batches(self.data.lengths, self.batch_size, self.seed, epoch, self.group_by_length)
+
+    def collate(self, indices: np.ndarray, pad_id: int, pad_multiple: int = 1) -> dict[str, torch.Tensor]:
+        return collate(self.data, indices, pad_id, pad_multiple)
+
+    def shard(self, indices: np.ndarray, shard) -> tuple[np.ndarray, float]:
+        return shard(indices)
+
+    def samples(self, indices: np.ndarray) -> int:
+        return len(indices)
+
+    def real_tokens(self, indices: np.ndarray) -> int:
+        return int(self.data.lengths[indices].sum())
 
 
 def train_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group_by_length: bool = True,

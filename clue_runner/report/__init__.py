@@ -63,6 +63,21 @@ def _model_label(model: dict) -> str:
     return f"{model['slug']} ({adapted})" if adapted else model["slug"]
 
 
+def runs_from_result(path: Path, result: dict) -> list[Run]:
+    """The report's runs of one run.json: one, or one per task of a multi-task run (its system label
+    names the tasks and the weighting, e.g. multitask(tnews+csldcp, realtime, proportional))."""
+    if not result.get("tasks"):
+        return [_run_from_result(path, result)]
+    runs = []
+    for name, task in result["tasks"].items():
+        prefix = f"{name}/"
+        history = [{**h, "metrics": {k[len(prefix):]: v for k, v in h.get("metrics", {}).items() if k.startswith(prefix)}}
+                   for h in result.get("history", [])]
+        view = {**result, "task": task, "best": {**result["best"], "metrics": task["best"]}, "history": history}
+        runs.append(_run_from_result(path, view))
+    return runs
+
+
 def _run_from_result(path: Path, result: dict) -> Run:
     try:
         return Run(
@@ -90,7 +105,7 @@ def load_runs(dirs: Iterable[Path], skip: Iterable[Path] = ()) -> list[Run]:
                 result = read_result(path)  # refuses unknown schema versions, naming the file
             except json.JSONDecodeError as err:
                 raise ClueRunError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
-            runs.append(_run_from_result(path, result))
+            runs += runs_from_result(path, result)
     return runs
 
 

@@ -12,7 +12,9 @@ from typing import Any
 from ..errors import ClueRunError
 from ..storage import atomic_write_text, kill_point
 
-SCHEMA_VERSION = 1
+# 2: a multi-task run adds `tasks` (each task's description, weight, role, best and final scores);
+# a single-task run's fields are those of version 1, which is read by migrating it (migrate_v1).
+SCHEMA_VERSION = 2
 RESULT_FILE = "run.json"
 
 
@@ -29,12 +31,26 @@ def read_result(run_dir: Path) -> dict:
         raise ClueRunError(f"no run result at {path} (is this a finished run directory?)")
     result = json.loads(path.read_text(encoding="utf-8"))
     version = result.get("schema_version")
+    if version == 1:
+        return migrate_v1(result)
     if version != SCHEMA_VERSION:
         raise ClueRunError(
             f"{path}: result schema version {version!r} is not supported by this clue-run "
-            f"(supports {SCHEMA_VERSION}); upgrade clue-run to read it"
+            f"(supports 1 and {SCHEMA_VERSION}); upgrade clue-run to read it"
         )
     return result
+
+
+def migrate_v1(result: dict) -> dict:
+    """A version-1 result as version 2: one task, so nothing moves; the version it was written as is kept."""
+    return {**result, "schema_version": SCHEMA_VERSION, "migrated_from": 1}
+
+
+def task_section(task, cfg) -> dict:
+    """The run JSON's description of a task as `cfg` (a single-task config) trained it."""
+    return {"name": task.name, "version": task.version, "benchmark": task.benchmark,
+            "variant": task.resolve_variant(cfg.data.variant), "eval_split": cfg.data.eval_split,
+            "main_metric": task.main_metric, "metrics": task.metrics}
 
 
 def _git_sha() -> str | None:

@@ -91,7 +91,7 @@ class Cell:
 
     @property
     def task(self) -> str:
-        return self.cfg.task
+        return self.cfg.run_name
 
     @property
     def seed(self) -> int:
@@ -213,7 +213,7 @@ def expand(config: SweepConfig, base: dict, overrides: list[str], directory: Pat
                               "a grid key does not change the config?")
         seen[run_id] = index
         hparams = {k: v for (k, _), v in zip(axes, values) if k not in REPORT_KEYS}
-        run_dir = directory / cfg.task / model_slug(cfg.model.name) / run_id
+        run_dir = directory / cfg.run_name / model_slug(cfg.model.name) / run_id
         cells.append(Cell(index, run_id, run_dir, cfg, hparams))
     return cells
 
