@@ -81,7 +81,7 @@ def _mlm_model(directory: Path, steps: int, seed: int = 0) -> Path:
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     model.train()
     for _ in range(steps):
-        rows = [(rng.randrange(len(IDIOMS)), rng.randrange(0, 12)) for _ in range(32)]  # (idiom, filler before)
+        rows = [(rng.randrange(len(IDIOMS)), rng.randrange(0, 20)) for _ in range(32)]  # (idiom, filler before)
         texts = [sentence(rng, idiom, before, rng.randrange(0, 12)) for idiom, before in rows]
         enc = tok(texts, padding=True, return_tensors="pt")
         ids = enc["input_ids"].clone()
@@ -107,7 +107,7 @@ def cloze(tmp_path_factory):
     root = tmp_path_factory.mktemp("cloze")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: threads only add contention
-    trained = _mlm_model(root / "trained", steps=300)
+    trained = _mlm_model(root / "trained", steps=500)
     untrained = _mlm_model(root / "untrained", steps=0)
     rng = random.Random(7)
     data = root / "data"
