@@ -291,3 +291,19 @@ def test_a_candidate_of_the_wrong_length_is_refused_in_one_line(cloze, tmp_path)
     with pytest.raises(ClueRunError) as err:
         built.featurize(_items([row]), built.tokenizer, 32)
     assert "example 41" in str(err.value) and "'画蛇添足了'" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_an_example_whose_gold_candidate_cannot_be_scored_adds_no_loss():
+    import torch.nn.functional as F
+
+    from clue_runner.heads.prompt import PetHead
+
+    torch.manual_seed(0)
+    scores = torch.randn(3, 7)
+    possible = torch.ones(3, 7, dtype=torch.bool)
+    possible[1, 2] = False  # row 1's gold
+    scores = scores.masked_fill(~possible, MASKED)
+    batch = {"labels": torch.tensor([0, 2, 5]), "choice_mask": possible}
+    got = PetHead.loss(SimpleNamespace(_aux_loss=None), scores, batch)
+    want = F.cross_entropy(scores[[0, 2]], torch.tensor([0, 5]))
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
