@@ -177,7 +177,7 @@ def parse_idiom_cloze(row: dict, spec, ctx: RowContext) -> list[Item]:
     official CLUE one (a list of passages with `#idiomNNNNNN#` blanks sharing one candidate list;
     answers in a separate file keyed by blank id). The passage shown with a blank is a window of
     `inputs.options.window` characters either side, the blank (and any other blank) replaced by
-    `inputs.options.marker`.
+    `inputs.options.marker`; `extra["blank"]` gives the blank's (start, end) in that window.
     """
     window = int(spec.options.get("window", 64))
     marker = spec.options.get("marker", "____")
@@ -197,7 +197,8 @@ def parse_idiom_cloze(row: dict, spec, ctx: RowContext) -> list[Item]:
         for blank in blanks:
             tag = blank.group()
             shown = BLANK.sub(marker, passage[: blank.start()]), BLANK.sub(marker, passage[blank.end() :])
-            text = shown[0][-window:] + marker + shown[1][:window]
+            left = shown[0][-window:]
+            text = left + marker + shown[1][:window]
             if tag == "#idiom#":  # FewCLUE: one blank per row, the row's own id and answer
                 item_id, answer, where = row.get("id"), row.get("answer"), "answer"
             else:
@@ -206,7 +207,8 @@ def parse_idiom_cloze(row: dict, spec, ctx: RowContext) -> list[Item]:
                     raise RowError(where, "no answer for this blank in the answer file")
             if answer is not None and (not isinstance(answer, int) or not 0 <= answer < len(candidates)):
                 raise RowError(where, f"{answer!r} is not a candidate index (0–{len(candidates) - 1})")
-            items.append(Item("", text, label=answer, id=item_id, extra={"choices": candidates}))
+            blank_at = (len(left), len(left) + len(marker))  # where PET's masks go (heads.prompt)
+            items.append(Item("", text, label=answer, id=item_id, extra={"choices": candidates, "blank": blank_at}))
     return items
 
 

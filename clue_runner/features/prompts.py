@@ -14,11 +14,13 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from .encoded import Encoded, Segment
 
 MASK, SEP, PROMPT = "[MASK]", "[SEP]", "[P]"  # [P]: a continuous prompt vector (P-tuning)
-_PIECE = re.compile(r"(\{text_a\}|\{text_b\}|\[MASK\]|\[SEP\]|\[P\])")
+BEFORE, AFTER = "{before_blank}", "{after_blank}"  # a cloze passage either side of its blank
+TEXT_SLOTS = ("{text_a}", "{text_b}", BEFORE, AFTER)
+_PIECE = re.compile(r"(\{text_a\}|\{text_b\}|\{before_blank\}|\{after_blank\}|\[MASK\]|\[SEP\]|\[P\])")
 
 
 def parse_template(template: str) -> list[str]:
@@ -47,8 +49,8 @@ def render_prompts(examples, tokenizer, template: str, max_length: int, mask_len
     masks. item_arrays: `mask_positions` [N, mask_length]; `prompt_positions` [N, n] for [P]s."""
     pieces = parse_template(template)
     literal = {p: ids for p, ids in zip(*_unique_literals(pieces, tokenizer))}
-    slots = [p[1:-1] for p in pieces if p in ("{text_a}", "{text_b}")]
-    text_ids = {slot: _ids(tokenizer, [getattr(ex, slot) or "" for ex in examples]) for slot in set(slots)}
+    slots = [p for p in pieces if p in TEXT_SLOTS]
+    text_ids = {slot: _ids(tokenizer, [slot_text(ex, slot) for ex in examples]) for slot in set(slots)}
     fixed = (2 + sum(len(literal[p]) for p in pieces if p in literal) + mask_length * pieces.count(MASK)
              + pieces.count(SEP) + pieces.count(PROMPT))
     budget = max_length - fixed
@@ -70,8 +72,9 @@ def render_prompts(examples, tokenizer, template: str, max_length: int, mask_len
                 add = [prompt_id]
             elif p == SEP:
                 add = [sep]
-            elif p in ("{text_a}", "{text_b}"):
-                add = text_ids[slots[slot_i]][i][: keep[slot_i]]
+            elif p in TEXT_SLOTS:
+                ids, n = text_ids[p][i], keep[slot_i]
+                add = ids[len(ids) - n:] if p == BEFORE else ids[:n]  # cut away from the blank
                 slot_i += 1
             else:
                 add = literal[p]
@@ -95,14 +98,46 @@ def render_prompts(examples, tokenizer, template: str, max_length: int, mask_len
     return Encoded({"": segment}, _labels(examples, label_of), item_arrays=arrays)
 
 
+def slot_text(example, slot: str) -> str:
+    """The text a template slot takes from an example; the blank slots split a cloze item's
+    passage (`text_b`) at the blank its parser recorded (`extra["blank"]`, data.parsers)."""
+    if slot in (BEFORE, AFTER):
+        start, end = example.extra["blank"]
+        return example.text_b[:start] if slot == BEFORE else example.text_b[end:]
+    return getattr(example, slot[1:-1]) or ""
+
+
 def _unique_literals(pieces, tokenizer):
-    names = sorted({p for p in pieces if p not in (MASK, SEP, PROMPT, "{text_a}", "{text_b}")})
+    names = sorted({p for p in pieces if p not in (MASK, SEP, PROMPT, *TEXT_SLOTS)})
     return names, _ids(tokenizer, names)
 
 
 def _labels(examples, label_of=None) -> np.ndarray:
     return np.asarray([(-100 if ex.label is None else ex.label) if label_of is None else label_of(ex)
                        for ex in examples], dtype=np.int64)
+
+
+def candidate_ids(examples, tokenizer, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each example's candidates as [N, C, length] token ids (one per character; C = the most
+    candidates of any example) and a [N, C] mask of the candidates that can be scored: fillers
+    of examples with fewer candidates, and candidates with a character outside the vocabulary,
+    are impossible (masked out). A candidate of another length is refused."""
+    width = max(len(ex.extra["choices"]) for ex in examples)
+    ids = np.zeros((len(examples), width, length), dtype=np.int64)
+    possible = np.zeros((len(examples), width), dtype=bool)
+    vocab = {}
+    for i, ex in enumerate(examples):
+        for c, word in enumerate(ex.extra["choices"]):
+            if len(word) != length:
+                raise DataError(f"example {ex.id}: candidate {word!r} has {len(word)} characters; "
+                                  f"prompt.word_length is {length}")
+            for j, ch in enumerate(word):
+                if ch not in vocab:
+                    found = tokenizer.convert_tokens_to_ids(ch)
+                    vocab[ch] = None if found is None or found == tokenizer.unk_token_id else found
+                ids[i, c, j] = vocab[ch] or 0
+            possible[i, c] = all(vocab[ch] is not None for ch in word)
+    return ids, possible
 
 
 def word_ids(tokenizer, words: list[str]) -> np.ndarray:

@@ -3,6 +3,12 @@
 Both need the checkpoint's own pretrained head (`requires_kind`); a model without one is refused
 when it loads. Templates and label words are task data (`prompt:` in the task YAML); a config
 picks a template by name (`head: {name: pet, template: manyi}`) or gives its own (`pattern`).
+
+Cloze tasks (CHID, `prompt.label_words: candidates`): each example's own candidates are its label
+words. A candidate with a character outside the model's vocabulary is scored as impossible (it
+never wins; an example whose gold is impossible adds no loss and counts as wrong), not refused:
+the embedded model's vocabulary lacks a few rare idiom characters, and a refusal would leave
+no way to write a submission.
 """
 
 from __future__ import annotations
@@ -16,15 +22,16 @@ from pydantic import BaseModel, ConfigDict
 
 from ..errors import ConfigError
 from ..features import Encoded
-from ..features.prompts import bucket_labels, encode_pairs, fill, nsp_label_prompts, random_mask, render_prompts, word_ids
+from ..features.prompts import (bucket_labels, candidate_ids, encode_pairs, fill, nsp_label_prompts, random_mask,
+                                render_prompts, word_ids)
 from ..tasks.spec import check_template
-from . import Head
+from . import MASKED, Head
 
 
 class PetParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     template: Optional[str] = None  # a template name of the task's prompt (default: its first)
-    pattern: Optional[str] = None  # or a template of your own ({text_a}, {text_b}, one [MASK])
+    pattern: Optional[str] = None  # or a template of your own ({text_a}, {text_b}, one [MASK]; cloze: {before_blank}[MASK]{after_blank})
     label_words: Optional[dict[str, str]] = None  # label value -> word, over the task's
     # Semi-supervised PET: rows of this split (no labels) join training; every training row then
     # also gets BERT's random masking and its MLM loss, in the same step (bojone/Pattern-Exploiting-Training).
@@ -41,11 +48,13 @@ def _prompt(task):
 
 
 def label_scores(mask_logits: torch.Tensor, label_ids: torch.Tensor) -> torch.Tensor:
-    """[B, k, V] logits at the k masks, [C, k] label word ids → [B, C] joint log-probabilities
-    sum_j log p(word_c[j] at mask j) (log-softmax over the whole vocabulary at each mask)."""
+    """[B, k, V] logits at the k masks, label word ids [C, k] (the task's) or [B, C, k] (each
+    example's candidates) → [B, C] joint log-probabilities sum_j log p(word_c[j] at mask j)
+    (log-softmax over the whole vocabulary at each mask)."""
     logp = mask_logits.float().log_softmax(-1)  # [B, k, V]
-    k = label_ids.shape[1]
-    per_slot = logp[:, torch.arange(k, device=logp.device)[:, None], label_ids.T]  # [B, k, C]
+    if label_ids.dim() == 2:
+        label_ids = label_ids.expand(logp.shape[0], -1, -1)
+    per_slot = logp.gather(2, label_ids.transpose(1, 2))  # [B, k, C]
     return per_slot.sum(1)
 
 
@@ -58,18 +67,35 @@ class PetHead(Head):
     backbone_kind = requires_kind = "mlm"
     output = "class_logits"
     graphable = False
+    label_kinds = ("categorical", "structured")  # structured: a cloze task's per-example candidates
+
+    @classmethod
+    def misfit(cls, task, params) -> Optional[str]:
+        if task.label.kind == "structured" and not (task.prompt is not None and task.prompt.per_example):
+            return f"{task.name} has structured labels; pet scores them only with prompt.label_words: candidates"
+        return super().misfit(task, params)
 
     def __init__(self, backbone, task, params, dropout=0.1):
         super().__init__(backbone, task, params, dropout)
         prompt = task.prompt
+        self.per_example = prompt is not None and prompt.per_example
         if params.pattern is not None:
             try:
-                check_template(params.pattern, "head.pattern")
+                check_template(params.pattern, "head.pattern", cloze=self.per_example)
             except ValueError as err:
                 raise ConfigError(str(err)) from None
             self.template = params.pattern
         else:
             self.template = _prompt(task).template(params.template)
+        self.unlabeled_split = params.unlabeled_split
+        self._aux_loss: Optional[torch.Tensor] = None
+        self._mask_id = self._vocab = None
+        if self.per_example:
+            if params.label_words:
+                raise ConfigError(f"head.label_words: task {task.name!r} takes each example's candidates as its label words")
+            self.word_length = prompt.word_length
+            self.register_buffer("label_ids", torch.zeros(0, self.word_length, dtype=torch.long), persistent=False)
+            return
         words = dict(prompt.label_words) if prompt is not None else {}
         words.update(params.label_words or {})
         missing = [v for v in task.label.values if v not in words]
@@ -78,18 +104,23 @@ class PetHead(Head):
         self.words = [words[v] for v in task.label.values]
         if len({len(w) for w in self.words}) != 1:
             raise ConfigError("head.label_words: all label words must have the same length")
-        self.register_buffer("label_ids", torch.zeros(len(self.words), len(self.words[0]), dtype=torch.long),
+        self.word_length = len(self.words[0])
+        self.register_buffer("label_ids", torch.zeros(len(self.words), self.word_length, dtype=torch.long),
                              persistent=False)
-        self.unlabeled_split = params.unlabeled_split
-        self._aux_loss: Optional[torch.Tensor] = None
-        self._mask_id = self._vocab = None
 
     def featurize(self, examples, tokenizer, max_length: int, use_cache: bool = True) -> Encoded:
-        self.label_ids.copy_(torch.from_numpy(word_ids(tokenizer, self.words)))
         self._mask_id, self._vocab = tokenizer.mask_token_id, len(tokenizer)
         self._special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
         template = getattr(self.backbone, "prompt_template", None) or self.template  # P-tuning's own
-        return render_prompts(examples, tokenizer, template, max_length, len(self.words[0]))
+        if not self.per_example:
+            self.label_ids.copy_(torch.from_numpy(word_ids(tokenizer, self.words)))
+            return render_prompts(examples, tokenizer, template, max_length, self.word_length)
+        if template != self.template:
+            raise ConfigError(f"task {self.task.name!r}: P-tuning's prompt has no place for a cloze blank; use pet alone")
+        enc = render_prompts(examples, tokenizer, template, max_length, self.word_length)
+        ids, possible = candidate_ids(examples, tokenizer, self.word_length)
+        enc.item_arrays.update(candidate_ids=ids, choice_mask=possible)
+        return enc
 
     def forward(self, **batch) -> torch.Tensor:
         self._aux_loss = None
@@ -102,7 +133,9 @@ class PetHead(Head):
             targets = batch["mlm_targets"].flatten()
             per_token = F.cross_entropy(logits.float().flatten(0, 1), targets, reduction="none")
             self._aux_loss = per_token.sum() / (targets >= 0).sum().clamp(min=1)
-        return label_scores(at_masks, self.label_ids)
+        if "candidate_ids" not in batch:
+            return label_scores(at_masks, self.label_ids)
+        return label_scores(at_masks, batch["candidate_ids"]).masked_fill(~batch["choice_mask"], MASKED)
 
     def _with_random_masking(self, batch: dict) -> dict:
         ids = batch["input_ids"]
@@ -113,6 +146,9 @@ class PetHead(Head):
 
     def loss(self, scores: torch.Tensor, batch: dict) -> torch.Tensor:
         labels = batch["labels"]
+        if "choice_mask" in batch:  # a gold candidate that cannot be scored teaches nothing
+            gold_possible = batch["choice_mask"].gather(1, labels.clamp(min=0)[:, None])[:, 0]
+            labels = labels.masked_fill(~gold_possible, -100)
         labelled = (labels >= 0).sum()
         loss = F.cross_entropy(scores.float(), labels.clamp(min=0), reduction="none")
         loss = (loss * (labels >= 0)).sum() / labelled.clamp(min=1)  # unlabelled rows add only the MLM loss

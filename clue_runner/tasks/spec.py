@@ -92,7 +92,10 @@ class SubmissionSpec(_Strict):
 
 MASK = "[MASK]"
 SLOTS = ("{text_a}", "{text_b}")
+BLANK_SLOTS = ("{before_blank}", "{after_blank}")  # a cloze passage's text either side of its blank
 SEP = "[SEP]"
+CANDIDATES = "candidates"  # prompt.label_words for label words given per example
+CLOZE_ENCODERS = ("idiom_cloze",)  # input encoders whose examples carry one blank and their candidates
 
 
 class NspTemplate(_Strict):
@@ -138,29 +141,44 @@ class PromptSpec(_Strict):
     label word: it becomes k masks for k-character words (all words of a task have the same
     length). `[SEP]` in a template starts the second segment. Texts are cut to fit the
     maximum length; the template never is.
+
+    Cloze tasks (CHID): `label_words: candidates` takes each example's own candidates (its input
+    encoder's choices) as its label words, all `word_length` characters long; the templates then
+    have `{before_blank}[MASK]{after_blank}`, the passage's text either side of the blank, cut
+    away from the blank so the blank's neighbourhood survives.
     """
 
     templates: dict[str, str] = Field(min_length=1)
     default: Optional[str] = None  # default: the first template
-    label_words: dict[str, str]  # label value -> word
+    label_words: Union[Literal["candidates"], dict[str, str]]  # label value -> word, or `candidates`
+    word_length: Optional[int] = Field(None, ge=1)  # characters per word (= masks); required with candidates
     nsp: Optional[NspSpec] = None
 
     @model_validator(mode="after")
     def _consistent(self):
         for name, t in self.templates.items():
-            check_template(t, f"prompt.templates.{name}")
-        lengths = {len(w) for w in self.label_words.values()}
-        if len(lengths) != 1 or 0 in lengths:
-            raise ValueError(f"prompt.label_words must all have the same (non-zero) length, got lengths {sorted(lengths)}")
-        if len(set(self.label_words.values())) != len(self.label_words):
-            raise ValueError("prompt.label_words has duplicate words")
+            check_template(t, f"prompt.templates.{name}", cloze=self.per_example)
+        if self.per_example:
+            if self.word_length is None:
+                raise ValueError("prompt.word_length is required with label_words: candidates (the masks per word)")
+            if self.nsp is not None:
+                raise ValueError("prompt.nsp needs fixed label_words, not candidates")
+        else:
+            lengths = {len(w) for w in self.label_words.values()}
+            if len(lengths) != 1 or 0 in lengths:
+                raise ValueError(f"prompt.label_words must all have the same (non-zero) length, got lengths {sorted(lengths)}")
+            if len(set(self.label_words.values())) != len(self.label_words):
+                raise ValueError("prompt.label_words has duplicate words")
+            if self.word_length is not None and lengths != {self.word_length}:
+                raise ValueError(f"prompt.word_length {self.word_length} differs from the label words' length {lengths.pop()}")
         if self.default is not None and self.default not in self.templates:
             raise ValueError(f"prompt.default {self.default!r} is not a template")
         return self
 
     @property
-    def word_length(self) -> int:
-        return len(next(iter(self.label_words.values())))
+    def per_example(self) -> bool:
+        """Label words are each example's candidates, not a fixed word per label."""
+        return self.label_words == CANDIDATES
 
     def template(self, name: Optional[str]) -> str:
         name = name or self.default or next(iter(self.templates))
@@ -170,16 +188,23 @@ class PromptSpec(_Strict):
         return self.templates[name]
 
 
-def check_template(template: str, where: str = "template") -> None:
-    """One [MASK], at least one text slot, slots only {text_a}/{text_b}."""
+def check_template(template: str, where: str = "template", cloze: bool = False) -> None:
+    """One [MASK]; slots only {text_a}/{text_b}, at least {text_a} — or, for a cloze task,
+    exactly {before_blank}[MASK]{after_blank} in that order (literals may stand between)."""
     if template.count(MASK) != 1:
         raise ValueError(f"{where}: needs exactly one {MASK} (it stands for the whole label word), got {template.count(MASK)}")
+    allowed = BLANK_SLOTS if cloze else SLOTS
     slots = re.findall(r"\{[^}]*\}", template)
-    unknown = [s for s in slots if s not in SLOTS]
+    unknown = [s for s in slots if s not in allowed]
     if unknown:
-        raise ValueError(f"{where}: unknown slot {unknown[0]} (slots: {{text_a}}, {{text_b}})")
-    if "{text_a}" not in slots:
-        raise ValueError(f"{where}: has no {{text_a}} slot")
+        raise ValueError(f"{where}: unknown slot {unknown[0]} (slots: {', '.join(allowed)})")
+    if not cloze:
+        if "{text_a}" not in slots:
+            raise ValueError(f"{where}: has no {{text_a}} slot")
+        return
+    before, after = BLANK_SLOTS
+    if slots != [before, after] or not template.index(before) < template.index(MASK) < template.index(after):
+        raise ValueError(f"{where}: a cloze template has {before}, then the {MASK}, then {after}, each once")
 
 
 class TaskSpec(_Strict):
@@ -203,7 +228,11 @@ class TaskSpec(_Strict):
 
     @model_validator(mode="after")
     def _names_resolve(self):
-        if self.prompt is not None:
+        if self.prompt is not None and self.prompt.per_example:
+            if self.label.kind != "structured" or self.inputs.encoder not in CLOZE_ENCODERS:
+                raise ValueError(f"prompt.label_words: candidates needs a cloze input encoder "
+                                 f"({', '.join(CLOZE_ENCODERS)}) and label.kind: structured")
+        elif self.prompt is not None:
             missing = [v for v in self.label.values if v not in self.prompt.label_words]
             if missing or set(self.prompt.label_words) - set(self.label.values):
                 raise ValueError(f"prompt.label_words must give a word for exactly the label values (missing {missing[:3]})")
