@@ -234,8 +234,7 @@ def write_markdown(results: list[dict], args, wall: float) -> Path:
                          f"{peak / ref_peak:.2f} | {delta:,.0f} | {delta / ref_delta:.2f} | {trainable:,} | "
                          f"{trainable / total:.2%} | {extra} |")
         lines.append("")
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M")
-    path = ROOT / "bench" / "results" / f"methods-{stamp}.md"
+    path = ROOT / "bench" / "results" / f"methods-{args.stamp}.md"  # one file per bench, rewritten as runs finish
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     (path.with_suffix(".json")).write_text(json.dumps(results, indent=1), encoding="utf-8")
@@ -275,6 +274,7 @@ def main():
     if args.worker:
         run_worker(json.loads(args.worker))
         return
+    args.stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M")
     if args.from_json:
         print(write_markdown(json.loads(Path(args.from_json).read_text()), args, args.wall_min * 60))
         return

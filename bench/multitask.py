@@ -48,8 +48,10 @@ def multitask_raw(base: dict, weighting: str) -> dict:
 
 
 def configs(base: dict, weightings: list[str], seeds: list[int], steps: int, runs_dir: Path, singles: bool,
-            eval_limit: int | None):
+            eval_limit: int | None, data_dir: str | None = None):
     common = {"output_dir": str(runs_dir)}
+    if data_dir:
+        base = {**base, "data": {**base["data"], "dir": data_dir}}
     for seed in seeds:
         cfg = build_config(base)
         jobs = []
@@ -74,12 +76,28 @@ def main(argv=None) -> None:
     parser.add_argument("--no-single", action="store_true", help="skip the single-task runs")
     parser.add_argument("--eval-limit", type=int, default=None,
                         help="score on the first N dev examples of each task (smoke runs: dev files may be sorted by label)")
+    parser.add_argument("--dev-subset", type=int, default=None,
+                        help="score on a seeded random N of each task's dev file (FewCLUE dev_few_all), same for every run")
     args = parser.parse_args(argv)
     base = load_config(args.config).model_dump(mode="json")
     base = yaml.safe_load(yaml.safe_dump(base))  # plain data
     weightings = [w.strip() for w in args.weightings.split(",") if w.strip()]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    for cfg in configs(base, weightings, seeds, args.steps, args.runs_dir, not args.no_single, args.eval_limit):
+    data_dir = None
+    if args.dev_subset:
+        sys.path.insert(0, str(ROOT / "bench"))
+        from subsets import subset_data
+
+        from clue_runner.data.readers import resolve_data_dir
+        from clue_runner.tasks import get_task
+
+        limits = {}
+        for entry in base["tasks"]:
+            task = get_task(entry["name"])
+            variant = (entry.get("data") or {}).get("variant") or base["data"].get("variant")
+            limits[task.data.dir] = {Path(task.split_file("dev", variant)).name + ".gz": args.dev_subset}
+        data_dir = subset_data(str(resolve_data_dir(base["data"].get("dir"))), ROOT / "bench" / f"data-multitask-{args.dev_subset}", limits)
+    for cfg in configs(base, weightings, seeds, args.steps, args.runs_dir, not args.no_single, args.eval_limit, data_dir):
         print(f"== {cfg.run_name} · {cfg.method_label()} · seed {cfg.train.seed}", file=sys.stderr, flush=True)
         api.train(cfg)
     print(f"clue-run report {args.runs_dir}", file=sys.stderr)
