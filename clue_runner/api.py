@@ -20,10 +20,11 @@ from .data.splits import Example
 from .engine import distributed
 from .engine.build import Built, build, load_task_split, threshold_split_data
 from .engine.checkpoint import BEST_MARKER, save_best as save_best_checkpoint
-from .engine.evaluate import predict_logits, score
+from .engine.evaluate import eval_plan, predict_logits, score
 from .engine.trainer import Event, Trainer
 from .errors import ClueRunError, DataError, DiskError, RunError, disk_error_line, is_disk_error
 from .features import encode_examples
+from .features.batching import padding_share
 from .runs import rundir
 from .runs.naming import model_slug
 from .runs.result import RESULT_FILE, SCHEMA_VERSION, environment, read_result, write_result
@@ -206,7 +207,10 @@ def _train_in(cfg: ExperimentConfig, run: RunDir, prepared: _Prepared, on_event,
         "final": state.history[-1],
         "stopped_early": state.stopped_early,
         "steps": state.step,
-        "throughput": _throughput(state, len(eval_enc), eval_seconds[-1]),
+        "throughput": {**_throughput(state, len(eval_enc), eval_seconds[-1]),
+                       # eager batches only: CUDA graphs pad to their captured shapes
+                       "eval_padding_share": None if built.graphed is not None else round(padding_share(
+                           eval_enc, eval_plan(eval_enc, cfg.train.eval_batch_size, built.device)), 4)},
         "environment": environment(built.device),
         "wall_time_s": round(time.perf_counter() - wall_start, 2),  # this process (a resumed run counts its last part)
     }
