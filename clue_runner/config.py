@@ -62,7 +62,7 @@ class TrainConfig(Strict):
     max_grad_norm: Optional[float] = Field(1.0, gt=0)
     eval_every: Optional[int] = Field(None, ge=1)  # optimizer steps; default once per epoch
     patience: Optional[int] = Field(None, ge=1)  # evaluations without improvement
-    checkpoint_every: Optional[int] = Field(None, ge=1)  # steps; resume state is also saved at every eval
+    checkpoint_every: Optional[int] = Field(None, ge=1)  # steps; resume state is also saved at an eval that improved
     seed: int = 42
     # auto: bf16 autocast on CUDA, fp32 on CPU; fp16: float16 autocast with a gradient scaler on CUDA
     # (GPUs without bf16: T4, V100), fp32 on CPU

@@ -34,7 +34,8 @@ NAMED = [
     ("evaluation-5", ["evaluated:5"], False),
     ("checkpoint-1", ["checkpoint-saved:1"], False),
     ("checkpoint-made-best", ["checkpoint-saved:2"], False),  # committed, best/ not yet written
-    ("last-checkpoint", ["checkpoint-saved:8"], False),  # after the last commit, before run.json
+    ("checkpoint-interval", ["checkpoint-saved:3"], False),  # step 4: no improvement, checkpoint_every
+    ("last-checkpoint", ["checkpoint-saved:4"], False),  # after the last commit (step 8), before run.json
     ("best-written-1", ["best-written:1"], False),
     ("best-written-2", ["best-written:2"], False),
     ("best-swap", ["dir-swap:1"], False),  # between the renames that swap best/ in
@@ -42,7 +43,7 @@ NAMED = [
     ("result-written", ["result-written:1"], False),  # run.json written, resume state not yet removed
     ("rebuilding-best", ["checkpoint-saved:2", "best-saved:1"], False),  # killed again while resume repairs best/
     ("kill-resumes", ["train-batch:3", "train-batch:3", "evaluated:2"], False),
-    ("resume-at-last-checkpoint", ["checkpoint-saved:8", "atomic-rename:1"], False),
+    ("resume-at-last-checkpoint", ["checkpoint-saved:4", "atomic-rename:1"], False),
 ]
 RANDOM_KILLS = 3  # chains of two kills at random times
 
@@ -52,8 +53,11 @@ def config(tiny_model, data_dir, out) -> dict:
         "task": "fewclue_eprstmt",
         "model": {"name": str(tiny_model)},
         "data": {"dir": str(data_dir), "max_length": 32, "max_train_examples": 64, "max_eval_examples": 48},
-        # 8 steps, evaluated after each; the best improves at steps 1 and 2 (two best/ saves)
-        "train": {"batch_size": 8, "epochs": 1, "lr": 5e-3, "warmup": 0.0, "eval_every": 1, "seed": 7},
+        # 8 steps, evaluated after each; the best improves at steps 1 and 2 (two best/ saves); resume
+        # state is committed at those two and at steps 4 and 8 (checkpoint_every); evaluations 3 and
+        # 5-7 commit nothing, so a kill there redoes training from the commit before
+        "train": {"batch_size": 8, "epochs": 1, "lr": 5e-3, "warmup": 0.0, "eval_every": 1, "checkpoint_every": 4,
+                  "seed": 7},
         "output_dir": str(out),
     }
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..features import Encoded, collate, eval_batches, to_device
-from ..features.batching import CPU_EVAL_TOKENS
+from ..features.batching import cpu_eval_tokens
 from ..heads import MASKED
 from ..metrics import compute_metrics
 from .cuda_graphs import GraphedForward, StaticBatcher
@@ -28,8 +28,7 @@ def predict_logits(model, enc: Encoded, batch_size: int, pad_id: int, device, am
     start = time.perf_counter()
     batcher = StaticBatcher(enc, pad_id, batch_size) if graphed else None
     parts, order = [], []
-    max_tokens = CPU_EVAL_TOKENS if device.type == "cpu" and graphed is None else None
-    for idx in eval_batches(enc.lengths, batch_size, max_tokens):
+    for idx in eval_plan(enc, batch_size, device, graphed):
         if graphed is not None:
             host, real = batcher(idx)
             host.pop("labels")
@@ -45,6 +44,12 @@ def predict_logits(model, enc: Encoded, batch_size: int, pad_id: int, device, am
     out[np.concatenate(order)] = logits
     model.train(was_training)
     return out, seconds
+
+
+def eval_plan(enc: Encoded, batch_size: int, device, graphed: Optional[GraphedForward] = None) -> list[np.ndarray]:
+    """The batches `predict_logits` runs: capped by tokens on a CPU (a batch costs its padded tokens there)."""
+    max_tokens = cpu_eval_tokens() if device.type == "cpu" and graphed is None else None
+    return eval_batches(enc.lengths, batch_size, max_tokens)
 
 
 def _stack(parts: list[torch.Tensor]) -> torch.Tensor:

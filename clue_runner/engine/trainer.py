@@ -4,7 +4,10 @@ batches → loss → backward → (method hooks) → clip → step → schedule 
 epoch or N steps → keep best by the main metric → early stopping. `Trainer.run` is a
 generator (after spaCy's `train_while_improving`): it yields an `Event` after every
 evaluation and checkpoint, and the caller logs and saves. Resume state (model, optimizer,
-scheduler, RNG, data position) is written atomically at each such event.
+scheduler, RNG, data position: three times the model) is written atomically only where it is
+needed: at an evaluation that improved (the commit `best/` follows, see runs.rundir), at every
+`checkpoint_every` steps, and at an evaluation after RESUME_AFTER_SECONDS of training without a
+commit. Every other evaluation is redone exactly after a kill (batch order and RNG are restored).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from . import distributed
 from .cuda_graphs import GraphedTrainStep, StaticBatcher
 
 RESUME_FILE = "trainer.pt"
+# A kill loses at most about this much training since the last commit (unless checkpoint_every says less).
+RESUME_AFTER_SECONDS = 600.0
 
 
 def seed_everything(seed: int) -> None:
@@ -116,6 +121,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.grad_accum)
         self.total_steps = cfg.max_steps if cfg.max_steps is not None else self.steps_per_epoch * cfg.epochs
         self.state = TrainState()
+        self._committed_seconds = 0.0  # training time at the last commit of resume state
 
         distributed.init(device)
         if distributed.enabled() and cfg.batch_size < distributed.world_size():
@@ -236,7 +242,8 @@ class Trainer:
                     else:
                         event = None
                     if event is not None:
-                        self._save(self.resume_dir)
+                        if self._needs_commit(event):
+                            self._save(self.resume_dir)
                         yield event
                         self._mark()
                     if last or state.stopped_early:
@@ -269,6 +276,11 @@ class Trainer:
         state.samples += self.source.samples(item)
         state.real_tokens += self.source.real_tokens(item)
         state.padded_tokens += padded_tokens(host)
+
+    def _needs_commit(self, event: Event) -> bool:
+        every = self.cfg.checkpoint_every
+        return (event.kind == "checkpoint" or event.improved or bool(every and self.state.step % every == 0)
+                or self.state.train_seconds - self._committed_seconds >= RESUME_AFTER_SECONDS)
 
     def _mark(self) -> None:
         self._t0 = time.perf_counter()
@@ -346,6 +358,7 @@ class Trainer:
             },
         }
         atomic_save(directory / RESUME_FILE, lambda fh: torch.save(saved, fh))
+        self._committed_seconds = self.state.train_seconds
         kill_point("checkpoint-saved")
 
     def _load(self, directory: Path) -> None:
@@ -356,6 +369,7 @@ class Trainer:
         if saved.get("scaler"):
             self.scaler.load_state_dict(saved["scaler"])
         self.state = TrainState(**saved["state"])
+        self._committed_seconds = self.state.train_seconds
         rng = saved["rng"]
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] is not None and torch.cuda.is_available():

@@ -53,6 +53,9 @@ class MultiPrepared:
             metrics.update({task_metric(name, k): v for k, v in scores.items()})
         return metrics, seconds
 
+    def eval_padding_share(self, batch_size: int):
+        return None  # per task in each task's own runs; one share over several tasks' batches says little
+
     def time_eval(self) -> float:
         return sum(p.time_eval() for p in self.parts.values())
 
