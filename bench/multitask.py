@@ -97,7 +97,14 @@ def main(argv=None) -> None:
             variant = (entry.get("data") or {}).get("variant") or base["data"].get("variant")
             limits[task.data.dir] = {Path(task.split_file("dev", variant)).name + ".gz": args.dev_subset}
         data_dir = subset_data(str(resolve_data_dir(base["data"].get("dir"))), ROOT / "bench" / f"data-multitask-{args.dev_subset}", limits)
+    done = set()
+    if args.runs_dir.is_dir():  # a re-started bench skips the single-task runs it already has
+        from clue_runner.report import load_runs
+
+        done = {(r.task, r.method, r.seed) for r in load_runs([args.runs_dir])}
     for cfg in configs(base, weightings, seeds, args.steps, args.runs_dir, not args.no_single, args.eval_limit, data_dir):
+        if not cfg.is_multitask and (cfg.task, cfg.method_label(), cfg.train.seed) in done:
+            continue
         print(f"== {cfg.run_name} · {cfg.method_label()} · seed {cfg.train.seed}", file=sys.stderr, flush=True)
         api.train(cfg)
     print(f"clue-run report {args.runs_dir}", file=sys.stderr)

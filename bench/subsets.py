@@ -26,7 +26,8 @@ def subset_data(data_dir: str, out: Path, limits: dict[str, dict[str, int]]) -> 
             if not limit:
                 target.symlink_to(f.resolve())
                 continue
-            rows = gzip.open(f, "rt", encoding="utf-8").read().splitlines(keepends=True)
+            with gzip.open(f, "rt", encoding="utf-8", newline="") as fh:
+                rows = list(fh)  # lines end at \n only: str.splitlines would also cut at U+2028 inside a JSON string
             if len(rows) > limit:
                 rows = [rows[i] for i in sorted(random.Random(0).sample(range(len(rows)), limit))]
             with gzip.open(target, "wt", encoding="utf-8") as fh:

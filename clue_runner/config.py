@@ -271,7 +271,11 @@ class ExperimentConfig(Strict):
     @property
     def run_name(self) -> str:
         """The task folder of the run directory and the run JSON's task name."""
-        return self.task if self.tasks is None else "multitask-" + "+".join(e.name for e in self.tasks)
+        from .tasks import get_task
+
+        if self.tasks is None:
+            return get_task(self.task).name  # a task given as a YAML file is named by its `name:`
+        return "multitask-" + "+".join(get_task(e.name).name for e in self.tasks)
 
     @model_serializer(mode="wrap")
     def _drop_unused(self, handler):

@@ -78,13 +78,15 @@ def _rich(grid: Grid, columns: list[int], title: Optional[str], available: int) 
     return table
 
 
-# What a rich column costs beyond its cells (padding and rules) in the SIMPLE_HEAD box.
+# What a rich column costs beyond its cells (padding and rules) in the SIMPLE_HEAD box, and what the
+# table's own left and right edges cost.
 _COLUMN_OVERHEAD = 2
+_TABLE_EDGES = 2
 
 
 def column_groups(widths: list[int], available: int, free_text_last: bool = False) -> list[list[int]]:
     """Column indices per table so that each fits `available` cells; column 0 is in every group."""
-    first = _first_width(widths, available) + _COLUMN_OVERHEAD
+    first = _first_width(widths, available) + _COLUMN_OVERHEAD + _TABLE_EDGES
     groups, current, used = [], [0], first
     rest = list(range(1, len(widths)))
     for i in rest:
