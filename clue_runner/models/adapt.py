@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import torch
 
 from ..errors import ModelError
+from ..runs.result import describe_adaptation
 from . import load_tokenizer, quiet_transformers
 
 _SENTENCE_END = re.compile(r"(?<=[。！？!?])")
@@ -222,7 +223,3 @@ def adapt_mlm(model_path: str, texts: list[str], out: Path, steps: int = 200, ba
 def adapted_label(config) -> Optional[str]:
     return describe_adaptation(getattr(config, "clue_run_adapted", None))
 
-
-def describe_adaptation(info) -> Optional[str]:
-    """"adapted on N sentences" for the record `adapt_mlm` leaves in a model config (and run JSONs)."""
-    return f"adapted on {info['sentences']:,} sentences" if isinstance(info, dict) and "sentences" in info else None

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import ClueRunError
 from ..registry import did_you_mean
-from ..runs.result import RESULT_FILE, read_result
+from ..runs.result import RESULT_FILE, describe_adaptation, read_result
 
 FORMATS = ("table", "markdown", "csv", "json")
 
@@ -57,8 +57,6 @@ class Run:
 def _model_label(model: dict) -> str:
     """The slug, plus "(adapted on N sentences)" for a model whose heads `adapt-mlm` trained: its prompt
     results are a stand-in's, never a pretrained checkpoint's, and every row says so."""
-    from ..models.adapt import describe_adaptation
-
     adapted = describe_adaptation(model.get("adapted"))
     return f"{model['slug']} ({adapted})" if adapted else model["slug"]
 

@@ -88,3 +88,8 @@ def environment(device) -> dict[str, Any]:
         "platform": platform.platform(),
         "git_sha": _git_sha(),
     }
+
+
+def describe_adaptation(info) -> str | None:
+    """"adapted on N sentences" for the record `adapt-mlm` leaves in a model config (and run JSONs)."""
+    return f"adapted on {info['sentences']:,} sentences" if isinstance(info, dict) and "sentences" in info else None
