@@ -137,9 +137,15 @@ class _Prepared:
         return round(padding_share(self.eval_enc, eval_plan(self.eval_enc, batch_size, self.built.device)), 4)
 
     def summary_line(self, cfg: ExperimentConfig) -> str:
-        trains = self.train_enc is not None
+        def count(enc) -> str:
+            if enc is None:
+                return "0"
+            if enc.item_example is None or len(enc.targets) == len(enc):
+                return f"{len(enc):,}"
+            return f"{len(enc.targets):,} ({len(enc):,} windows)"  # reading comprehension: an item is a window
+
         return (f"[bold]{self.task.name}[/] · {cfg.model.name} · {cfg.method_label()} · seed {cfg.train.seed} · "
-                f"{len(self.train_enc) if trains else 0} train / {len(self.eval_enc)} {cfg.data.eval_split} examples")
+                f"{count(self.train_enc)} train / {count(self.eval_enc)} {cfg.data.eval_split} examples")
 
     def task_result(self, cfg: ExperimentConfig) -> dict:
         return task_section(self.task, cfg)
@@ -280,6 +286,7 @@ def _throughput(state, eval_examples: int, eval_seconds: float) -> dict:
     trained = state.samples > 0
     return {
         "train_seconds": round(state.train_seconds, 3),
+        "train_cpu_seconds": round(state.train_cpu_seconds, 3),
         "train_samples_per_s": round(state.samples / state.train_seconds, 2) if trained else None,
         "train_tokens_per_s": round(state.real_tokens / state.train_seconds, 1) if trained else None,
         "padding_share": round(1 - state.real_tokens / state.padded_tokens, 4) if trained else None,

@@ -387,10 +387,11 @@ def test_adapt_mlm_gives_a_model_with_heads_that_runs_are_labelled_with(tiny_mod
     assert adapted_label(backbone.config) == "adapted on 200 sentences"
     run = api.train(_cfg(out, synthetic.data, tmp_path / "runs", "fewclue_eprstmt", {"name": "pet"}), log=quiet)
     assert api.read_run(run)["model"]["adapted"]["sentences"] == 200
-    from clue_runner.report import load_runs
+    from clue_runner.report import filter_runs, load_runs
 
     [row] = load_runs([tmp_path / "runs"])
     assert row.model.endswith("(adapted on 200 sentences)")  # every report row of it says what it is
+    assert filter_runs([row], models=[row.model_slug]) == filter_runs([row], models=[row.model]) == [row]
 
 
 def test_char_level_mask_splits_multi_character_pieces_into_character_targets(e5_dir):

@@ -45,6 +45,7 @@ def write_run(root: Path, task, model, method, seed, score, created_at, schema_v
         "model": {"name": f"hub/{model}", "slug": model}, "method": method, "seed": seed,
         "history": history, "best": {"step": 30, "epoch": 1.5, "metrics": metrics},
         "throughput": {"train_samples_per_s": 100.0 + seed, "train_tokens_per_s": 5000.0, "train_seconds": 4.0 * seed,
+                       "train_cpu_seconds": 3.0 * seed,
                        "padding_share": 0.1 * seed, "eval_samples_per_s": 400.0},
     }
     run_dir = root / task / model / run_id
@@ -196,7 +197,7 @@ def test_metric_option(results):
 def test_table_format_prints_rich_tables(results):
     code, output = cli(results, "--throughput", "--baselines", "bert4keras")
     assert code == 0, output
-    assert "CLUE report" in output and "Training throughput" in output and "published" in output
+    assert "CLUE report" in output and "Throughput" in output and "train CPU s" in output and "published" in output
 
 
 def test_plot_png_has_the_expected_size(results, tmp_path):

@@ -122,6 +122,32 @@ def test_cmrc_windows_map_answers_back_to_the_exact_characters(model, data_dir, 
     assert metrics["cmrc_em"] >= (0.95 if model == "e5" else 1.0) * len(answered) / len(examples) - 1e-9
 
 
+def test_cmrc_max_windows_keeps_each_contexts_first_windows(data_dir, tiny_model):
+    """max_windows: 1 is plain truncation: every question keeps its first window only, the same window
+    as without the cap, and an answer past it becomes the no-answer label (0, 0)."""
+    task, head, tok = _head("cmrc2018", tiny_model, stride=32)
+    _, capped_head, _ = _head("cmrc2018", tiny_model, stride=32, max_windows=1)
+    _, two_head, _ = _head("cmrc2018", tiny_model, stride=32, max_windows=2)
+    examples = load_split(task, "dev", str(data_dir), limit=60).examples
+    full = head.featurize(examples, tok, 128, use_cache=False)
+    capped = capped_head.featurize(examples, tok, 128, use_cache=False)
+    two = two_head.featurize(examples, tok, 128, use_cache=False)
+    assert capped.item_example.tolist() == list(range(len(examples)))
+    counts = np.bincount(full.item_example, minlength=len(examples))
+    assert (counts > 2).any()  # some contexts really are longer than two windows
+    assert np.bincount(two.item_example).tolist() == np.minimum(counts, 2).tolist()
+    first = [int(np.flatnonzero(full.item_example == i)[0]) for i in range(len(examples))]
+    full_ids, full_offsets = full.segments[""].ids, full.segments[""].offsets
+    cap_ids, cap_offsets = capped.segments[""].ids, capped.segments[""].offsets
+    for i, w in enumerate(first):
+        assert cap_ids[cap_offsets[i]:cap_offsets[i + 1]].tolist() == full_ids[full_offsets[w]:full_offsets[w + 1]].tolist()
+        assert capped.labels[i].tolist() == full.labels[w].tolist()
+    lost = [i for i, w in enumerate(first) if full.labels[w].tolist() == [0, 0]]
+    assert lost and all(capped.labels[i].tolist() == [0, 0] for i in lost)  # answers past the first window
+    preds = capped_head.predict(torch.zeros(len(capped), int(np.diff(cap_offsets).max()), 2), capped)
+    assert len(preds) == len(examples)
+
+
 def test_cmrc_answer_not_in_context_is_an_error_for_training_only(tmp_path, tiny_model):
     task = get_task("cmrc2018")
     doc = {"data": [{"title": "t", "paragraphs": [{"id": "P", "context": "北京是中国的首都。", "qas": [

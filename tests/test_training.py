@@ -1,6 +1,7 @@
 """The trainer end to end on real data with the tiny model: determinism, resume, eval agreement, methods."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -72,6 +73,7 @@ def test_train_json_and_eval_agree_through_cli(tiny_model, data_dir, tmp_path):
     result = json.loads((run_dir / "run.json").read_text())
     assert result["schema_version"] == 2 and result["seed"] == 3 and result["task"]["name"] == "fewclue_eprstmt"
     assert result["data"]["eval"]["examples"] == 160 and result["throughput"]["train_samples_per_s"] > 0
+    assert 0 < result["throughput"]["train_cpu_seconds"] < 2 * os.cpu_count() * result["throughput"]["train_seconds"]
     assert set(result["environment"]["packages"]) >= {"torch", "transformers"}
     res = runner.invoke(app, ["eval", "--run", str(run_dir), "--split", "dev", "--json"])
     assert res.exit_code == 0, res.output

@@ -39,15 +39,13 @@ def _score_grid(report):
 
 
 def _throughput_grid(report):
-    from ..report import format_count, format_score, format_share, throughput_rows
+    from ..report import THROUGHPUT_HEADER, throughput_rows, throughput_values
     from .tables import Grid
 
-    grid = Grid(["system", "task", "n", "train samples/s", "tokens/s", "s/epoch", "padding share"],
-                justify=["left", "left", "right", "right", "right", "right", "right"],
-                title="Training throughput (mean over runs)")
+    grid = Grid(THROUGHPUT_HEADER, justify=["left", "left"] + ["right"] * (len(THROUGHPUT_HEADER) - 2),
+                title="Throughput (mean over runs)")
     for label, task, cell in throughput_rows(report):
-        grid.add_row(label, task, str(cell.n), format_score(cell.train_samples_per_s), format_count(cell.train_tokens_per_s),
-                     format_score(cell.seconds_per_epoch), format_share(cell.padding_share))
+        grid.add_row(label, task, str(cell.n), *throughput_values(cell))
     return grid
 
 

@@ -86,6 +86,7 @@ class TrainState:
     best: Optional[dict] = None
     evals_without_improvement: int = 0
     train_seconds: float = 0.0
+    train_cpu_seconds: float = 0.0  # this process's CPU time in training: comparable on a shared machine
     samples: int = 0
     real_tokens: int = 0
     padded_tokens: int = 0
@@ -283,13 +284,14 @@ class Trainer:
                 or self.state.train_seconds - self._committed_seconds >= RESUME_AFTER_SECONDS)
 
     def _mark(self) -> None:
-        self._t0 = time.perf_counter()
+        self._t0, self._cpu0 = time.perf_counter(), time.process_time()
 
     def _tick(self) -> None:
         """Add the time since the last mark to training time (evaluation and saving excluded)."""
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         self.state.train_seconds += now - self._t0
-        self._t0 = now
+        self.state.train_cpu_seconds += cpu - self._cpu0
+        self._t0, self._cpu0 = now, cpu
 
     def _optimizer_step(self) -> None:
         distributed.average_gradients(self.model.parameters())

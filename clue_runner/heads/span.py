@@ -20,6 +20,8 @@ class SpanParams(Params):
     stride: int = Field(128, ge=1)  # tokens shared by consecutive windows of a long context
     max_answer_tokens: int = Field(64, ge=1)
     top_k: int = Field(20, ge=1)  # start and end candidates tried per window
+    # Keep only the first N windows of each context (1: plain truncation at data.max_length); None keeps all.
+    max_windows: Optional[int] = Field(None, ge=1)
 
 
 class SpanHead(Head):
@@ -43,9 +45,10 @@ class SpanHead(Head):
         spans = [ex.extra.get("span") for ex in examples]
 
         def build() -> dict[str, np.ndarray]:
-            return _windows(questions, contexts, spans, tokenizer, max_length, self.params.stride)
+            return _windows(questions, contexts, spans, tokenizer, max_length, self.params.stride, self.params.max_windows)
 
-        key = cache_key(questions, contexts, tokenizer, f"span|{max_length}|{self.params.stride}|{spans}")
+        key = cache_key(questions, contexts, tokenizer,
+                        f"span|{max_length}|{self.params.stride}|{self.params.max_windows}|{spans}")
         z = cached_arrays(key, build, use_cache)
         segment = Segment(z["ids"], z["offsets"], z.get("type_ids"))
         return Encoded({"": segment}, z["labels"], gold=[ex.label for ex in examples], item_example=z["item_example"],
@@ -93,8 +96,10 @@ def best_span(start: np.ndarray, end: np.ndarray, allowed: np.ndarray, max_token
     return (float(score[i, j]), int(starts[i]), int(ends[j])) if np.isfinite(score[i, j]) else None
 
 
-def _windows(questions, contexts, spans, tokenizer, max_length: int, stride: int) -> dict[str, np.ndarray]:
-    """(question, context) pairs cut into windows with the tokenizer's own overflow handling.
+def _windows(questions, contexts, spans, tokenizer, max_length: int, stride: int,
+             max_windows: Optional[int] = None) -> dict[str, np.ndarray]:
+    """(question, context) pairs cut into windows with the tokenizer's own overflow handling, at most
+    `max_windows` per pair (the first ones).
 
     Per window token: the context characters it covers (char_start/char_end, -1 outside the
     context). Label per window: the answer's first and last token, or the first token (0) when
@@ -103,14 +108,20 @@ def _windows(questions, contexts, spans, tokenizer, max_length: int, stride: int
     want_types = "token_type_ids" in tokenizer.model_input_names
     out = tokenizer(questions, contexts, truncation="only_second", max_length=max_length, stride=stride,
                     return_overflowing_tokens=True, return_offsets_mapping=True, return_token_type_ids=want_types)
+    example_of = list(out["overflow_to_sample_mapping"])
+    # An example's windows are consecutive: window w is among its first max_windows unless the window
+    # max_windows places back belongs to the same example.
+    kept = [w for w in range(len(example_of))
+            if max_windows is None or w < max_windows or example_of[w - max_windows] != example_of[w]]
     char_start, char_end, labels = [], [], []
-    for w, offsets in enumerate(out["offset_mapping"]):
+    for w in kept:
+        offsets = out["offset_mapping"][w]
         in_context = np.array([s == 1 for s in out.sequence_ids(w)])
         starts = np.where(in_context, [o[0] for o in offsets], -1)
         ends = np.where(in_context, [o[1] for o in offsets], -1)
         char_start.append(starts)
         char_end.append(ends)
-        span = spans[out["overflow_to_sample_mapping"][w]]
+        span = spans[example_of[w]]
         label = (0, 0)
         if span is not None:
             first = np.flatnonzero(in_context & (starts <= span[0]) & (ends > span[0]))
@@ -118,10 +129,10 @@ def _windows(questions, contexts, spans, tokenizer, max_length: int, stride: int
             if len(first) and len(last):
                 label = (int(first[0]), int(last[-1]))
         labels.append(label)
-    ids, offsets = pack(out["input_ids"])
+    ids, offsets = pack([out["input_ids"][w] for w in kept])
     arrays = {"ids": ids, "offsets": offsets, "char_start": pack(char_start)[0], "char_end": pack(char_end)[0],
               "labels": np.array(labels, dtype=np.int64).reshape(-1, 2),
-              "item_example": np.asarray(out["overflow_to_sample_mapping"], dtype=np.int64)}
+              "item_example": np.asarray([example_of[w] for w in kept], dtype=np.int64)}
     if want_types:
-        arrays["type_ids"] = pack(out["token_type_ids"], np.int8)[0]
+        arrays["type_ids"] = pack([out["token_type_ids"][w] for w in kept], np.int8)[0]
     return arrays

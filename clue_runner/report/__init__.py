@@ -38,7 +38,7 @@ class Run:
     path: Path
     run_id: str
     task: str
-    model: str  # the model slug: results are grouped under it on disk too
+    model: str  # the model slug, with its adaptation if any: the rows' label
     model_name: str
     method: str
     seed: int
@@ -48,6 +48,7 @@ class Run:
     best: dict[str, float]
     history: list[dict]
     throughput: dict
+    model_slug: str = ""  # the bare slug: results are grouped under it on disk
 
     @property
     def system(self) -> tuple[str, str]:
@@ -84,6 +85,7 @@ def _run_from_result(path: Path, result: dict) -> Run:
             created_at=result["created_at"], main_metric=result["task"]["main_metric"],
             eval_split=result["task"]["eval_split"], best=result["best"]["metrics"],
             history=result.get("history", []), throughput=result.get("throughput") or {},
+            model_slug=result["model"]["slug"],
         )
     except (KeyError, TypeError) as err:
         raise ClueRunError(f"{path}: run result lacks field {err}") from None
@@ -116,14 +118,14 @@ def _check_filter(option: str, wanted: list[str], known: set[str]) -> None:
 
 def filter_runs(runs: list[Run], tasks: list[str] = (), models: list[str] = (), methods: list[str] = (),
                 extra_tasks: Iterable[str] = ()) -> list[Run]:
-    """Keep runs matching every given filter (a model matches by slug or name). A filter value that
+    """Keep runs matching every given filter (a model matches by its label, slug or name). A filter value that
     matches nothing is an error, except task names that only published baselines have."""
     _check_filter("--task", list(tasks), {r.task for r in runs} | set(extra_tasks))
-    _check_filter("--model", list(models), {r.model for r in runs} | {r.model_name for r in runs})
+    _check_filter("--model", list(models), {r.model for r in runs} | {r.model_slug for r in runs} | {r.model_name for r in runs})
     _check_filter("--method", list(methods), {r.method for r in runs})
     return [r for r in runs
             if (not tasks or r.task in tasks)
-            and (not models or r.model in models or r.model_name in models)
+            and (not models or {r.model, r.model_slug, r.model_name} & set(models))
             and (not methods or r.method in methods)]
 
 
@@ -250,6 +252,8 @@ class Cell:
     padding_share: Optional[float] = None
     seconds_per_epoch: Optional[float] = None
     train_tokens_per_s: Optional[float] = None
+    train_cpu_seconds: Optional[float] = None  # mean per run: on a shared machine, the comparable cost
+    eval_samples_per_s: Optional[float] = None  # examples scored per second at the last evaluation
 
 
 @dataclass
@@ -294,7 +298,8 @@ class Report:
 def _group_cell(group: Group) -> Cell:
     return Cell(group.mean, group.std, group.n, group.scores,
                 group.throughput_mean("train_samples_per_s"), group.throughput_mean("padding_share"),
-                group.seconds_per_epoch(), group.throughput_mean("train_tokens_per_s"))
+                group.seconds_per_epoch(), group.throughput_mean("train_tokens_per_s"),
+                group.throughput_mean("train_cpu_seconds"), group.throughput_mean("eval_samples_per_s"))
 
 
 def build_report(groups: list[Group], tasks: Optional[list[str]] = None,
@@ -364,6 +369,17 @@ def notes(report: Report) -> list[str]:
     return lines
 
 
+THROUGHPUT_HEADER = ["system", "task", "n", "train samples/s", "tokens/s", "s/epoch", "train CPU s",
+                     "padding share", "eval samples/s"]
+
+
+def throughput_values(cell: Cell) -> list[str]:
+    """A cell's throughput columns after system, task and n (THROUGHPUT_HEADER)."""
+    return [format_score(cell.train_samples_per_s), format_count(cell.train_tokens_per_s),
+            format_score(cell.seconds_per_epoch), format_count(cell.train_cpu_seconds),
+            format_share(cell.padding_share), format_score(cell.eval_samples_per_s)]
+
+
 def throughput_rows(report: Report) -> list[tuple[str, str, Cell]]:
     """(system, task, cell) for every user cell: throughput is measured, never published."""
     return [(row.label, t, row.cells[t]) for row in report.rows if not row.published
@@ -382,9 +398,8 @@ def to_markdown(report: Report, throughput: bool = False) -> str:
     lines = _markdown_table(["system", *report.tasks, *avg], body)
     if throughput:
         lines += ["", *_markdown_table(
-            ["system", "task", "n", "train samples/s", "tokens/s", "s/epoch", "padding share"],
-            [[label, task, str(c.n), format_score(c.train_samples_per_s), format_count(c.train_tokens_per_s),
-              format_score(c.seconds_per_epoch), format_share(c.padding_share)]
+            THROUGHPUT_HEADER,
+            [[label, task, str(c.n), *throughput_values(c)]
              for label, task, c in throughput_rows(report)])]
     return "\n".join(lines + [""] + notes(report)) + "\n"
 
@@ -396,7 +411,8 @@ def _csv_value(value):
 def to_csv(report: Report, throughput: bool = False) -> str:
     """One row per system; per task: mean, std, n (and, with throughput, samples/s and padding share)."""
     per_task = ["mean", "std", "n"] + (
-        ["train_samples_per_s", "train_tokens_per_s", "seconds_per_epoch", "padding_share"] if throughput else [])
+        ["train_samples_per_s", "train_tokens_per_s", "seconds_per_epoch", "train_cpu_seconds", "padding_share",
+         "eval_samples_per_s"] if throughput else [])
     avg = ["avg"] if report.has_avg else []
     header = ["system", "model", "method", "source", "split"] + [f"{t} {k}" for t in report.tasks for k in per_task] + avg
     buffer = io.StringIO()
