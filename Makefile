@@ -28,13 +28,16 @@ test: install
 clean:
 	rm -rf $(VENV) build *.egg-info
 
-# Regenerate docs/RESULTS.md, docs/STS.md, docs/STRUCTURED.md and docs/METHODS.md, docs/PROMPTS.md (and pictures) from the runs kept in results/examples/.
+# Regenerate docs/RESULTS.md, STS.md, STRUCTURED.md, METHODS.md, PROMPTS.md, MULTITASK.md and LONG_INPUTS.md (and pictures) from the runs kept in results/examples/.
 .PHONY: docs
 REPORT_H100 := results/examples/h100 --throughput --baselines bert4keras,fewclue --format markdown
 REPORT_STS := results/examples/cpu-sts --task stsb,lcqmc,pawsx,bq,atec --baselines cosent,unsup-sts --format markdown
 REPORT_STRUCTURED := results/examples/cpu-structured --task cmrc2018,c3,fewclue_chid,cluener --throughput --baselines bert4keras,fewclue --format markdown
 REPORT_METHODS := results/examples/cpu-methods --task fewclue_eprstmt,fewclue_tnews,ocnli --throughput --format markdown
 REPORT_PROMPTS := results/examples/cpu-prompts --task fewclue_eprstmt,fewclue_tnews,fewclue_csldcp,fewclue_bustm,fewclue_ocnli,fewclue_csl --baselines fewclue --format markdown
+REPORT_MULTITASK := results/examples/cpu-multitask --task fewclue_tnews,fewclue_csldcp,fewclue_iflytek --throughput --format markdown
+REPORT_LONG := results/examples/cpu-long --task cmrc2018 --throughput --format markdown
+REPORT_LONG_F1 := results/examples/cpu-long --task cmrc2018 --metric cmrc_f1 --format markdown
 docs: install
 	{ cat docs/RESULTS.head.md; echo '```'; echo '$$ clue-run report $(REPORT_H100)'; echo '```'; echo; \
 	  $(BIN)/clue-run report $(REPORT_H100) --plot docs/results-h100.png; } > docs/RESULTS.md
@@ -46,3 +49,8 @@ docs: install
 	  $(BIN)/clue-run report $(REPORT_METHODS) --plot docs/methods-cpu.png; } > docs/METHODS.md
 	{ cat docs/PROMPTS.head.md; echo '```'; echo '$$ clue-run report $(REPORT_PROMPTS)'; echo '```'; echo; \
 	  $(BIN)/clue-run report $(REPORT_PROMPTS) --plot docs/prompts-cpu.png; } > docs/PROMPTS.md
+	{ cat docs/MULTITASK.head.md; echo '```'; echo '$$ clue-run report $(REPORT_MULTITASK)'; echo '```'; echo; \
+	  $(BIN)/clue-run report $(REPORT_MULTITASK) --plot docs/multitask-cpu.png; } > docs/MULTITASK.md
+	{ cat docs/LONG_INPUTS.head.md; echo '```'; echo '$$ clue-run report $(REPORT_LONG)'; echo '```'; echo; \
+	  $(BIN)/clue-run report $(REPORT_LONG); echo; echo '```'; echo '$$ clue-run report $(REPORT_LONG_F1)'; echo '```'; echo; \
+	  $(BIN)/clue-run report $(REPORT_LONG_F1); } > docs/LONG_INPUTS.md
