@@ -36,6 +36,7 @@ REPORT_STRUCTURED := results/examples/cpu-structured --task cmrc2018,c3,fewclue_
 REPORT_METHODS := results/examples/cpu-methods --task fewclue_eprstmt,fewclue_tnews,ocnli --throughput --format markdown
 REPORT_PROMPTS := results/examples/cpu-prompts --task fewclue_eprstmt,fewclue_tnews,fewclue_csldcp,fewclue_bustm,fewclue_ocnli,fewclue_csl --baselines fewclue --format markdown
 REPORT_MULTITASK := results/examples/cpu-multitask --task fewclue_tnews,fewclue_csldcp,fewclue_iflytek --throughput --format markdown
+REPORT_MULTITASK_300 := results/examples/cpu-multitask-300 --task fewclue_tnews,fewclue_csldcp,fewclue_iflytek --throughput --format markdown
 REPORT_LONG := results/examples/cpu-long --task cmrc2018 --throughput --format markdown
 REPORT_LONG_F1 := results/examples/cpu-long --task cmrc2018 --metric cmrc_f1 --format markdown
 docs: install
@@ -50,7 +51,9 @@ docs: install
 	{ cat docs/PROMPTS.head.md; echo '```'; echo '$$ clue-run report $(REPORT_PROMPTS)'; echo '```'; echo; \
 	  $(BIN)/clue-run report $(REPORT_PROMPTS) --plot docs/prompts-cpu.png; } > docs/PROMPTS.md
 	{ cat docs/MULTITASK.head.md; echo '```'; echo '$$ clue-run report $(REPORT_MULTITASK)'; echo '```'; echo; \
-	  $(BIN)/clue-run report $(REPORT_MULTITASK) --plot docs/multitask-cpu.png; } > docs/MULTITASK.md
+	  $(BIN)/clue-run report $(REPORT_MULTITASK) --plot docs/multitask-cpu.png; echo; \
+	  echo '```'; echo '$$ clue-run report $(REPORT_MULTITASK_300)'; echo '```'; echo; \
+	  $(BIN)/clue-run report $(REPORT_MULTITASK_300); } > docs/MULTITASK.md
 	{ cat docs/LONG_INPUTS.head.md; echo '```'; echo '$$ clue-run report $(REPORT_LONG)'; echo '```'; echo; \
 	  $(BIN)/clue-run report $(REPORT_LONG); echo; echo '```'; echo '$$ clue-run report $(REPORT_LONG_F1)'; echo '```'; echo; \
 	  $(BIN)/clue-run report $(REPORT_LONG_F1); } > docs/LONG_INPUTS.md
