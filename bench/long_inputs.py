@@ -110,7 +110,7 @@ def long_dev_data(data_dir: Path, out: Path, n: int) -> Path:
     """A data directory whose CMRC2018 dev file holds a seeded random n of the long dev questions;
     the trial file is linked, other folders too."""
     sys.path.insert(0, str(ROOT / "bench"))
-    from subsets import _link_missing
+    from subsets import link_missing
 
     folder = out / CMRC
     target = folder / "cmrc2018_dev.json.gz"
@@ -130,7 +130,7 @@ def long_dev_data(data_dir: Path, out: Path, n: int) -> Path:
         tmp.rename(target)
         (folder / "cmrc2018_trial.json.gz").symlink_to((data_dir / CMRC / "cmrc2018_trial.json.gz").resolve())
     for top in data_dir.iterdir():
-        _link_missing(top, out / top.name, {Path(CMRC)})
+        link_missing(top, out / top.name, {Path(CMRC)})
     return out
 
 

@@ -33,11 +33,12 @@ def subset_data(data_dir: str, out: Path, limits: dict[str, dict[str, int]]) -> 
             with gzip.open(target, "wt", encoding="utf-8") as fh:
                 fh.writelines(rows)
     for top in src_root.iterdir():  # the rest of the data directory, folder by folder
-        _link_missing(top, out / top.name, {Path(f) for f in limits})
+        link_missing(top, out / top.name, {Path(f) for f in limits})
     return str(out)
 
 
-def _link_missing(src: Path, dst: Path, subsetted: set[Path], rel: Path = Path()) -> None:
+def link_missing(src: Path, dst: Path, subsetted: set[Path], rel: Path = Path()) -> None:
+    """Link `src` (a data folder or file) into `dst`, descending into folders that hold a subsetted path."""
     rel = rel / src.name
     if dst.exists() and not dst.is_dir():
         return
@@ -48,4 +49,4 @@ def _link_missing(src: Path, dst: Path, subsetted: set[Path], rel: Path = Path()
         return
     if src.is_dir():
         for child in src.iterdir():
-            _link_missing(child, dst / child.name, subsetted, rel)
+            link_missing(child, dst / child.name, subsetted, rel)
