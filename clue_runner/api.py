@@ -140,7 +140,7 @@ class _Prepared:
         def count(enc) -> str:
             if enc is None:
                 return "0"
-            if enc.item_example is None or len(enc.targets) == len(enc):
+            if len(enc.targets) == len(enc):
                 return f"{len(enc):,}"
             return f"{len(enc.targets):,} ({len(enc):,} windows)"  # reading comprehension: an item is a window
 

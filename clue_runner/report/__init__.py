@@ -48,7 +48,7 @@ class Run:
     best: dict[str, float]
     history: list[dict]
     throughput: dict
-    model_slug: str = ""  # the bare slug: results are grouped under it on disk
+    model_slug: str  # the bare slug: results are grouped under it on disk
 
     @property
     def system(self) -> tuple[str, str]:
@@ -253,7 +253,7 @@ class Cell:
     seconds_per_epoch: Optional[float] = None
     train_tokens_per_s: Optional[float] = None
     train_cpu_seconds: Optional[float] = None  # mean per run: on a shared machine, the comparable cost
-    eval_samples_per_s: Optional[float] = None  # examples scored per second at the last evaluation
+    eval_samples_per_s: Optional[float] = None  # items (windows, for reading comprehension) scored per second
 
 
 @dataclass
