@@ -45,7 +45,9 @@ def train(cfg: Optional[ExperimentConfig], resume: Optional[Path] = None, on_eve
     log = quiet if not writes else (log or console_log)
     if run_dir is not None and (Path(run_dir) / RESULT_FILE).is_file():
         raise RunError(f"{run_dir} already holds a finished run ({RESULT_FILE}); choose another --run-dir")
-    run = None if resume is None else RunDir.open(Path(resume)) if writes else RunDir.follow(Path(resume))
+    run = None
+    if resume is not None:  # rank 0 locks the run; the other ranks only read it
+        run = RunDir.open(Path(resume)) if writes else RunDir.follow(Path(resume))
     try:
         if run is not None and run.finished:  # resuming is idempotent: a finished run only loses its leftovers
             if writes:
