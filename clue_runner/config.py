@@ -305,7 +305,8 @@ class ExperimentConfig(Strict):
         return "+".join([*parts, *[m.label() for m in build_methods(self.methods)]])
 
 
-def _set_path(tree: dict, dotted: str, value: Any) -> None:
+def set_path(tree: dict, dotted: str, value: Any) -> None:
+    """Set `a.b.0.c` in a raw (YAML) config tree, as `--set` does; a missing or wrong-typed step is one line."""
     node = tree
     *parents, leaf = dotted.split(".")
     for depth, key in enumerate([*parents, leaf]):
@@ -429,7 +430,7 @@ def build_config(raw: dict, overrides: list[str] = (), source: str = "config") -
     raw = dict(raw or {})
     for item in overrides:
         key, value = parse_override(item)
-        _set_path(raw, key, value)
+        set_path(raw, key, value)
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as err:

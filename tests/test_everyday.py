@@ -158,12 +158,12 @@ def test_tasks_list_on_an_80_column_terminal_cuts_no_task_name():
 
 def test_report_on_a_narrow_terminal_cuts_no_header_or_number():
     from clue_runner import report as rep
-    from clue_runner.cli.report import _score_grid
+    from clue_runner.cli.report import score_grid
     from clue_runner.cli.tables import print_grid
 
     runs = rep.load_runs([REPO / "results" / "examples"])
     result = rep.build_report(rep.aggregate(runs), [], [])
-    grid = _score_grid(result)
+    grid = score_grid(result)
     for width in (80, 100):
         console = _terminal(width)
         print_grid(grid, console)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from ..errors import DataError
+from ..errors import DataError, first_line
 from ..plugins import PARSERS
 from ..tasks.spec import TaskSpec
 from .parsers import RowContext, RowError
@@ -68,8 +68,7 @@ def _hub_rows(task: TaskSpec, split: str) -> Iterator[tuple[int, dict]]:
     try:
         ds = datasets.load_dataset(hub.path, hub.name, split=hub.splits.get(split, split))
     except Exception as err:  # datasets raises many kinds (connection, not found, script, cache)
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        reason = f"the Hugging Face Hub cannot be reached ({why}) and it is not cached" if why else first
+        reason = f"the Hugging Face Hub cannot be reached ({why}) and it is not cached" if why else first_line(err)
         raise DataError(f"data.source hub: cannot load {where}: {reason}; use data.source: local with "
                         "data.dir (or $CLUE_DATA_DIR)") from None
     label_feature = ds.features.get(task.label.field)

@@ -27,7 +27,7 @@ from typing import Any, Iterator, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..config import ExperimentConfig, _set_path, build_config, parse_override
+from ..config import ExperimentConfig, set_path, build_config, parse_override
 from ..errors import ConfigError
 from .lock import RunLock, RunLocked
 from .naming import model_slug
@@ -198,12 +198,12 @@ def expand(config: SweepConfig, base: dict, overrides: list[str], directory: Pat
     axes = _grid(config, source)
     for item in overrides:
         key, value = parse_override(item)
-        _set_path(base, key, value)
+        set_path(base, key, value)
     cells, seen = [], {}
     for index, values in enumerate(itertools.product(*(v for _, v in axes))):
         raw = copy.deepcopy(base)
         for (key, _), value in zip(axes, values):
-            _set_path(raw, key, value)
+            set_path(raw, key, value)
         raw["output_dir"] = str(directory)
         where = ", ".join(f"{k}={_short(v)}" for (k, _), v in zip(axes, values)) or "the base"
         cfg = build_config(raw, source=f"{source} (cell {index}: {where})")
