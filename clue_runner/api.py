@@ -27,7 +27,7 @@ from .features import encode_examples
 from .features.batching import padding_share
 from .runs import rundir
 from .runs.naming import model_slug
-from .runs.result import RESULT_FILE, SCHEMA_VERSION, environment, read_result, task_section, write_result
+from .runs.result import RESULT_FILE, SCHEMA_VERSION, RunResult, environment, read_result, task_section, write_result
 from .runs.rundir import RunDir
 from .storage import atomic_write_text, kill_point
 from .submit import PREDICTIONS_DIR, format_predictions, predict_file_name
@@ -324,7 +324,7 @@ def _check_best_is_the_results(run_dir: Path) -> None:
     marker = (run_dir / BEST_DIR / BEST_MARKER)
     if marker.is_file():
         held = json.loads(marker.read_text(encoding="utf-8")).get("step")
-        named = read_result(run_dir)["best"]["step"]
+        named = read_result(run_dir).best.step
         if held != named:
             raise RunError(f"{run_dir / BEST_DIR}: holds step {held}, but {RESULT_FILE} names step {named} as best; "
                            "the run directory was changed by hand: train it again")
@@ -413,7 +413,7 @@ def _predict_built(run: Built, split: str, data_dir, clue_version: str, out: Opt
     return path
 
 
-def read_run(run_dir: Path) -> dict:
+def read_run(run_dir: Path) -> RunResult:
     return read_result(Path(run_dir))
 
 

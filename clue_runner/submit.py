@@ -19,7 +19,7 @@ from typing import Optional
 
 from .data.splits import Example, load_split
 from .errors import ClueRunError, SubmitError
-from .runs.result import read_result
+from .runs.result import TaskInfo, read_result
 from .storage import atomic_file
 from .tasks import TaskSpec, get_task
 
@@ -246,22 +246,22 @@ class Entry:
 def _entries(run_dir: Path, clue_version: str, fewclue_split: Optional[str]) -> tuple[list[Entry], list[str]]:
     """The zip entries of one run: its task's file, or one per task of a multi-task run."""
     result = read_result(run_dir)
-    config = result.get("config", {})
-    if not result.get("tasks"):
-        entry, problems = _entry(run_dir, result["task"], config.get("data", {}).get("dir"), clue_version, fewclue_split)
+    data = result.config.get("data") or {}  # the config as the run was given it (see runs.result)
+    if not result.is_multitask:
+        entry, problems = _entry(run_dir, result.task, data.get("dir"), clue_version, fewclue_split)
         return [entry] if entry else [], problems
-    data_dirs = {t["name"]: {**config.get("data", {}), **t.get("data", {})}.get("dir") for t in config.get("tasks", [])}
+    data_dirs = {t["name"]: {**data, **(t.get("data") or {})}.get("dir") for t in result.config.get("tasks", [])}
     entries, problems = [], []
-    for name, task in result["tasks"].items():
+    for name, task in result.tasks.items():
         entry, found = _entry(run_dir, task, data_dirs.get(name), clue_version, fewclue_split)
         entries += [entry] if entry else []
         problems += found
     return entries, problems
 
 
-def _entry(run_dir: Path, described: dict, data_dir: Optional[str], clue_version: str,
+def _entry(run_dir: Path, described: TaskInfo, data_dir: Optional[str], clue_version: str,
            fewclue_split: Optional[str]) -> tuple[Optional[Entry], list[str]]:
-    task = get_task(described["name"])
+    task = get_task(described.name)
     if task.submission is None:
         return None, [f"{run_dir}: task {task.name!r} defines no submission format"]
     source = run_dir / PREDICTIONS_DIR / predict_file_name(task, clue_version)
@@ -272,7 +272,7 @@ def _entry(run_dir: Path, described: dict, data_dir: Optional[str], clue_version
         return None, [f"{run_dir}: no test predictions {source.name}{hint}; "
                       f"run `clue-run predict --run {run_dir}{version}` first"]
     problems = []
-    variant = described.get("variant")
+    variant = described.variant
     if fewclue_split is not None and task.benchmark == "fewclue" and variant not in (fewclue_split, f"few_{fewclue_split}"):
         problems.append(f"{run_dir}: trained on FewCLUE split {variant!r}, not on split {fewclue_split!r}")
     entry = Entry(run_dir, task, source, submission_name(task, clue_version, fewclue_split), data_dir)

@@ -163,7 +163,7 @@ def _report(sw, results: dict, select: bool, predict: bool, predict_split: str) 
     if select:
         chosen = select_best(sw, results)
         keep = {rid for choice in chosen.values() for rid in choice["run_ids"]}
-        table = Table(title=f"selected on {next(iter(results.values()))['task']['eval_split']} (mean over seeds)")
+        table = Table(title=f"selected on {next(iter(results.values())).task.eval_split} (mean over seeds)")
         for col in ("task", "model", "method", "hyperparameters", "dev mean", "seeds", "of"):
             table.add_column(col)
         for (task, model, method), choice in sorted(chosen.items()):
