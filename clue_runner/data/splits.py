@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from ..errors import DataError, first_line
-from ..plugins import PARSERS
+from ..plugins import DATA_FORMATS, PARSERS
 from ..tasks.spec import TaskSpec
 from .parsers import RowContext, RowError
 from .readers import BadRow, find_file, read_json_document, read_rows, resolve_data_dir
@@ -146,7 +146,7 @@ def load_split(
         directory = resolve_data_dir(data_dir) / task.data.dir
         paths = [find_file(directory, name) for name in ([layout.file] if isinstance(layout.file, str) else layout.file)]
         origins = [str(p) for p in paths]
-        columns = layout.columns or ([task.inputs.text_a] if layout.format == "lines" else None)
+        columns = layout.columns or ([task.inputs.text_a] if DATA_FORMATS.get(layout.format).one_text_per_row else None)
         rows = ((str(p), where, row) for p in paths for where, row in read_rows(p, layout.format, columns, layout.header))
         if layout.unpaired:
             inputs = inputs.model_copy(update={"text_b": None})
