@@ -183,9 +183,7 @@ class ExperimentConfig(Strict):
         return self
 
     def _check_multitask(self):
-        from .heads import resolve_head
         from .multitask.weighting import weighting_class
-        from .tasks import get_task
 
         if self.task is not None:
             raise ValueError("task and tasks: give one task (task:) or several (tasks:), not both")
@@ -199,16 +197,8 @@ class ExperimentConfig(Strict):
         for i, name in enumerate(names):
             if name in names[:i]:
                 raise ValueError(f"tasks.{i}.name: {name!r} is listed twice")
+        self._check_task_heads()
         mt = self.multitask
-        for i, entry in enumerate(self.tasks):
-            try:
-                single = self.task_config(entry)
-            except ConfigError as err:
-                raise ValueError(f"tasks.{i} ({entry.name}): {err}") from None
-            head_cls, _ = resolve_head(get_task(single.task), single.head)
-            if head_cls.requires_kind not in (None, "base"):
-                raise ValueError(f"tasks.{i}.head: head {head_cls.__name__} needs its own {head_cls.requires_kind} "
-                                 "backbone; tasks in one run share a base encoder")
         try:
             weighting = weighting_class(mt.weighting)
         except ConfigError as err:
@@ -223,29 +213,24 @@ class ExperimentConfig(Strict):
                              "drop schedule")
         if mt.per_step == "scheduled" and mt.schedule is None:
             mt.schedule = "proportional"
-        unknown = [k for k in mt.frequencies if k not in names]
-        if unknown:
-            raise ValueError(f"multitask.frequencies: {unknown[0]!r} is not one of the tasks ({', '.join(names)})")
-        if mt.schedule == "fixed":
-            missing = [n for n in names if n not in mt.frequencies]
-            if missing:
-                raise ValueError(f"multitask.frequencies: schedule fixed needs a frequency for every task; "
-                                 f"missing {', '.join(missing)}")
-            if not any(v > 0 for v in mt.frequencies.values()) or any(v < 0 for v in mt.frequencies.values()):
-                raise ValueError("multitask.frequencies: give non-negative frequencies, at least one positive")
-        elif mt.frequencies:
-            raise ValueError(f"multitask.frequencies: only schedule fixed reads them (schedule is {mt.schedule})")
-        roles = [entry.role for entry in self.tasks]
-        if mt.weighting == "primary_auxiliary":
-            primaries = roles.count("primary")
-            if primaries != 1:
-                raise ValueError(f"tasks: the primary_auxiliary weighting needs exactly one task with role: primary "
-                                 f"(found {primaries})")
-        elif any(roles):
-            i = next(i for i, r in enumerate(roles) if r)
-            raise ValueError(f"tasks.{i}.role: only the primary_auxiliary weighting reads roles "
-                             f"(weighting is {mt.weighting})")
+        _check_frequencies(mt, names)
+        _check_roles(mt, [entry.role for entry in self.tasks])
         return self
+
+    def _check_task_heads(self) -> None:
+        """Each task resolves on its own, and its head runs on the one base encoder the tasks share."""
+        from .heads import resolve_head
+        from .tasks import get_task
+
+        for i, entry in enumerate(self.tasks):
+            try:
+                single = self.task_config(entry)
+            except ConfigError as err:
+                raise ValueError(f"tasks.{i} ({entry.name}): {err}") from None
+            head_cls, _ = resolve_head(get_task(single.task), single.head)
+            if head_cls.requires_kind not in (None, "base"):
+                raise ValueError(f"tasks.{i}.head: head {head_cls.__name__} needs its own {head_cls.requires_kind} "
+                                 "backbone; tasks in one run share a base encoder")
 
     def task_config(self, entry: TaskEntry) -> "ExperimentConfig":
         """The single-task config of one entry of `tasks:` (its data options over the top-level ones):
@@ -303,6 +288,33 @@ class ExperimentConfig(Strict):
         if head:
             parts.append("/".join(f"{v}" if k == "name" else f"{k}={v}" for k, v in head.items()))
         return "+".join([*parts, *[m.label() for m in build_methods(self.methods)]])
+
+
+def _check_frequencies(mt, names: list[str]) -> None:
+    unknown = [k for k in mt.frequencies if k not in names]
+    if unknown:
+        raise ValueError(f"multitask.frequencies: {unknown[0]!r} is not one of the tasks ({', '.join(names)})")
+    if mt.schedule == "fixed":
+        missing = [n for n in names if n not in mt.frequencies]
+        if missing:
+            raise ValueError(f"multitask.frequencies: schedule fixed needs a frequency for every task; "
+                             f"missing {', '.join(missing)}")
+        if not any(v > 0 for v in mt.frequencies.values()) or any(v < 0 for v in mt.frequencies.values()):
+            raise ValueError("multitask.frequencies: give non-negative frequencies, at least one positive")
+    elif mt.frequencies:
+        raise ValueError(f"multitask.frequencies: only schedule fixed reads them (schedule is {mt.schedule})")
+
+
+def _check_roles(mt, roles: list[Optional[str]]) -> None:
+    if mt.weighting == "primary_auxiliary":
+        primaries = roles.count("primary")
+        if primaries != 1:
+            raise ValueError(f"tasks: the primary_auxiliary weighting needs exactly one task with role: primary "
+                             f"(found {primaries})")
+    elif any(roles):
+        i = next(i for i, r in enumerate(roles) if r)
+        raise ValueError(f"tasks.{i}.role: only the primary_auxiliary weighting reads roles "
+                         f"(weighting is {mt.weighting})")
 
 
 def set_path(tree: dict, dotted: str, value: Any) -> None:
