@@ -30,9 +30,9 @@ def quiet(_):
 def test_same_seed_same_scores(tiny_model, data_dir, tmp_path):
     a = api.read_run(api.train(make_cfg(tiny_model, data_dir, tmp_path / "a"), log=quiet))
     b = api.read_run(api.train(make_cfg(tiny_model, data_dir, tmp_path / "b"), log=quiet))
-    assert [h["metrics"] for h in a["history"]] == [h["metrics"] for h in b["history"]]
-    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
-    assert len(a["history"]) == 4  # steps 3, 6, 9, 12 (2 epochs of 6 batches)
+    assert [h.metrics for h in a.history] == [h.metrics for h in b.history]
+    assert [h.train_loss for h in a.history] == [h.train_loss for h in b.history]
+    assert len(a.history) == 4  # steps 3, 6, 9, 12 (2 epochs of 6 batches)
 
 
 class Killed(Exception):
@@ -53,9 +53,9 @@ def test_interrupted_then_resumed_equals_uninterrupted(tiny_model, data_dir, tmp
     (run_dir,) = list((tmp_path / "cut").glob("*/*/*"))
     assert not (run_dir / "run.json").exists()  # no result until the run really finished
     resumed = api.read_run(api.train(None, resume=run_dir, log=quiet))
-    assert [h["metrics"] for h in resumed["history"]] == [h["metrics"] for h in full["history"]]
-    assert [h["train_loss"] for h in resumed["history"]] == pytest.approx([h["train_loss"] for h in full["history"]])
-    assert resumed["best"] == full["best"]
+    assert [h.metrics for h in resumed.history] == [h.metrics for h in full.history]
+    assert [h.train_loss for h in resumed.history] == pytest.approx([h.train_loss for h in full.history])
+    assert resumed.best == full.best
     assert not (run_dir / "resume").exists()
 
 
@@ -70,14 +70,14 @@ def test_train_json_and_eval_agree_through_cli(tiny_model, data_dir, tmp_path):
     res = runner.invoke(app, ["train", "--config", str(cfg_path), "--set", "train.seed=3"])
     assert res.exit_code == 0, res.output
     (run_dir,) = list((tmp_path / "results").glob("*/*/*"))
-    result = json.loads((run_dir / "run.json").read_text())
-    assert result["schema_version"] == 2 and result["seed"] == 3 and result["task"]["name"] == "fewclue_eprstmt"
-    assert result["data"]["eval"]["examples"] == 160 and result["throughput"]["train_samples_per_s"] > 0
-    assert 0 < result["throughput"]["train_cpu_seconds"] < 2 * os.cpu_count() * result["throughput"]["train_seconds"]
-    assert set(result["environment"]["packages"]) >= {"torch", "transformers"}
+    result = api.read_run(run_dir)
+    assert result.schema_version == 2 and result.seed == 3 and result.task.name == "fewclue_eprstmt"
+    assert result.data.eval.examples == 160 and result.throughput.train_samples_per_s > 0
+    assert 0 < result.throughput.train_cpu_seconds < 2 * os.cpu_count() * result.throughput.train_seconds
+    assert set(result.environment.packages) >= {"torch", "transformers"}
     res = runner.invoke(app, ["eval", "--run", str(run_dir), "--split", "dev", "--json"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["metrics"] == pytest.approx(result["best"]["metrics"])
+    assert json.loads(res.stdout)["metrics"] == pytest.approx(result.best.metrics)
 
 
 def test_cli_bad_config_exits_nonzero_naming_the_key(tmp_path):
@@ -133,7 +133,7 @@ def test_rdrop_trains_and_two_loss_owners_refused(tiny_model, data_dir, tmp_path
     cfg = make_cfg(tiny_model, data_dir, tmp_path, max_steps=2)
     cfg = build_config({**cfg.model_dump(), "methods": [{"name": "rdrop", "alpha": 1.0}]})
     result = api.read_run(api.train(cfg, log=quiet))
-    assert result["method"] == "finetune+rdrop(alpha=1)" and result["steps"] == 2
+    assert result.method == "finetune+rdrop(alpha=1)" and result.steps == 2
     with pytest.raises(ConfigError, match="both replace the loss"):
         from clue_runner.methods import METHODS, Method
 
