@@ -1,11 +1,10 @@
-"""THE assembly: config → task → backbone → methods → head, featurizer. Used by train, eval,
+"""THE assembly: config → task → backbone → methods → head. Used by train, eval,
 predict, encode and resume alike, so a model changed by a method reloads exactly as it trained.
 
     task      = tasks.get_task(cfg.task)
     backbone  = models.backbone.load_backbone(path, kind)   # the kind the head and methods need
     backbone  = m.wrap_model(backbone, ctx) for each method  # LoRA, side networks … (also on reload)
-    head      = heads.build_head(task, backbone, cfg.head)
-    featurize = m.wrap_featurizer(head.featurize, ctx) …     # prompts …
+    head      = head_cls(backbone, task, params, dropout); head.use_template(m.prompt_template(task))
     reload    : engine.checkpoint.load_best(best/, head)
 """
 
@@ -95,7 +94,7 @@ class Built:
 
     def logits(self, enc: Encoded) -> tuple[np.ndarray, float]:
         if (self.graphed is None and self.device.type == "cuda" and self.cfg.train.cuda_graphs
-                and self.model.graphable and all(m.graphable for m in self.methods)):
+                and self.model.graphable and not any(m.has_step_hooks for m in self.methods)):
             self.graphed = GraphedForward(self.model, self.amp)  # kept: graphs read the weights in place
         return predict_logits(self.model, enc, self.cfg.train.eval_batch_size, self.tokenizer.pad_token_id,
                               self.device, self.amp, self.graphed)
@@ -207,7 +206,7 @@ def model_for(task: TaskSpec, model_path: str, head_cfg=None, dropout: float = 0
 
     head_cls, head_params = resolve_head(task, head_cfg)
     model_config = load_model_config(model_path, name)
-    kind = next((m.backbone_kind for m in methods if m.backbone_kind), None) or head_cls.kind_for(task, head_params, model_config)
+    kind = next((m.requires_kind for m in methods if m.requires_kind), None) or head_cls.kind_for(task, head_params, model_config)
     if seed is not None:
         seed_everything(seed)  # new head weights depend on the seed only
     categorical = task.label.kind == "categorical"
@@ -222,6 +221,10 @@ def model_for(task: TaskSpec, model_path: str, head_cfg=None, dropout: float = 0
     if max_length is not None and is_rotary(backbone.config):
         extend_positions(backbone.encoder, max_length)  # sinusoidal, not learned: recomputed exactly
     model = head_cls(backbone, task, head_params, dropout)
+    for m in methods:
+        template = m.prompt_template(task)
+        if template is not None:
+            model.use_template(template)
     for p in model.new_parameters():
         p.requires_grad_(True)  # a method may have frozen the backbone; the head always trains
     return model
@@ -250,14 +253,11 @@ def build(cfg: ExperimentConfig, checkpoint: Optional[Path] = None, device: str 
     tokenizer = load_tokenizer(model_path)
     if checkpoint is not None:
         full_tokenizer = _untrimmed_tokenizer(cfg, tokenizer)
-    ctx = BuildContext(task=task, tokenizer=tokenizer, config=cfg, log=log, training=checkpoint is None)
+    ctx = BuildContext(task=task, config=cfg, log=log)
     model = model_for(task, model_path, cfg.head, cfg.model.dropout, methods, ctx, cfg.model.allow_random_init,
                       seed=cfg.train.seed, name=cfg.model.name if checkpoint is None else str(checkpoint),
                       log=log if checkpoint is None else _silent, max_length=cfg.data.max_length)
     featurize, predict = model.featurize, model.predict
-    for m in methods:
-        featurize = m.wrap_featurizer(featurize, ctx)
-        predict = m.wrap_predictor(predict, ctx)
     if checkpoint is not None:
         load_best(checkpoint, model)
     report = model.backbone.load_report
