@@ -122,6 +122,7 @@ def test_gradient_penalty_loss_and_gradients_equal_a_brute_force_double_backward
     model.zero_grad(set_to_none=True)
     (gp,) = methods({"name": "gradient_penalty", "epsilon": 0.7})
     gp.prepare(model, [], compute_for(model))
+    gp.prepare(model, [], compute_for(model))  # prepared twice, hooked once
     got = step_loss(model, [gp], batch)
     got.backward()
     have = gradients(model)
@@ -182,6 +183,12 @@ def test_rdrop_and_gradient_penalty_train_and_their_terms_add_up(tiny_model, dat
         (_, loss, rdrop), (_, same_loss, penalty) = parts[2 * step:2 * step + 2]
         assert loss == same_loss and penalty > 0  # both terms are given the default loss
         assert record["train_loss"] == pytest.approx(loss + rdrop + penalty, rel=1e-6)
+
+
+def test_fgm_and_gradient_penalty_train_together(tiny_model, data_dir, tmp_path):
+    cfg = run_cfg(tiny_model, data_dir, tmp_path, [{"name": "fgm"}, {"name": "gradient_penalty"}], max_steps=2)
+    result = api.read_run(api.train(cfg, log=quiet))
+    assert result["steps"] == 2 and np.isfinite(result["final"]["train_loss"])
 
 
 @pytest.mark.parametrize("other,why", [({"name": "lora"}, "lora freezes the word embeddings"),

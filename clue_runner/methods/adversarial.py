@@ -86,6 +86,7 @@ class GradientPenalty(Method):
     def __init__(self, params: GradientPenaltyParams):
         super().__init__(params)
         self.lookups: deque = deque(maxlen=self.KEEP)  # word-embedding outputs of recent forwards with autograd
+        self.hook = None
 
     def conflict(self, others):
         return embedding_grad_conflict(self, "penalises the gradient at the word embeddings", others)
@@ -96,7 +97,9 @@ class GradientPenalty(Method):
         return backbone
 
     def prepare(self, model, batches, compute):
-        trained_embeddings(model, "gradient_penalty").register_forward_hook(self._seen)
+        if self.hook is not None:  # prepared again: one hook, or each lookup would count twice
+            self.hook.remove()
+        self.hook = trained_embeddings(model, "gradient_penalty").register_forward_hook(self._seen)
 
     def _seen(self, module, inputs, output) -> None:
         if torch.is_grad_enabled() and output.requires_grad:
