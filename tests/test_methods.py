@@ -27,11 +27,11 @@ def methods(*specs):
     return build_methods(build_config({"task": "fewclue_eprstmt", "methods": list(specs)}).methods)
 
 
-def run_cfg(tiny_model, data_dir, out, method_list, **train):
+def run_cfg(tiny_model, data_dir, out, method_list, eval_limit=64, **train):
     return build_config({
         "task": "fewclue_eprstmt",
         "model": {"name": str(tiny_model)},
-        "data": {"dir": str(data_dir), "max_length": 64, "max_train_examples": 96, "max_eval_examples": 64},
+        "data": {"dir": str(data_dir), "max_length": 64, "max_train_examples": 96, "max_eval_examples": eval_limit},
         "train": {"batch_size": 16, "epochs": 2, "lr": 5e-4, "seed": 7, **train},
         "methods": method_list,
         "output_dir": str(out),
@@ -185,10 +185,14 @@ def test_rdrop_and_gradient_penalty_train_and_their_terms_add_up(tiny_model, dat
         assert record["train_loss"] == pytest.approx(loss + rdrop + penalty, rel=1e-6)
 
 
-def test_fgm_and_gradient_penalty_train_together(tiny_model, data_dir, tmp_path):
-    cfg = run_cfg(tiny_model, data_dir, tmp_path, [{"name": "fgm"}, {"name": "gradient_penalty"}], max_steps=2)
-    result = api.read_run(api.train(cfg, log=quiet))
+def test_fgm_and_gradient_penalty_train_together_and_reload_with_their_score(tiny_model, data_dir, tmp_path):
+    cfg = run_cfg(tiny_model, data_dir, tmp_path, [{"name": "fgm"}, {"name": "gradient_penalty"}],
+                  eval_limit=None, max_steps=2)
+    run_dir = api.train(cfg, log=quiet)
+    result = api.read_run(run_dir)
     assert result["steps"] == 2 and np.isfinite(result["final"]["train_loss"])
+    # Reloading re-applies the penalty's attention choice: the score is the one training saw.
+    assert api.evaluate(run_dir, split=result["task"]["eval_split"])["metrics"] == result["best"]["metrics"]
 
 
 @pytest.mark.parametrize("other,why", [({"name": "lora"}, "lora freezes the word embeddings"),

@@ -9,7 +9,8 @@ Build (config load and `engine.build`, also when a run is reloaded):
 - `conflict(others)` / `no_embedding_grad`: refuse a combination (FGM and the gradient penalty
   beside LoRA or LST, which declare why no gradient reaches the word embeddings).
 - `max_positions()`: the input length the method makes the model hold (long_positions).
-- `wrap_model(backbone, ctx)`: model surgery before the head is built (LoRA, LST, P-tuning, long_positions).
+- `wrap_model(backbone, ctx)`: model surgery before the head is built (LoRA, LST, P-tuning,
+  long_positions; the gradient penalty picks attention with a second derivative).
 - `prompt_template(task)`: the template the head renders inputs with instead of its own (P-tuning's
   `[P]` placeholders); the build hands it to the head's `use_template`.
 - `param_groups(model)`: parameters with their own learning rate (LoRA, LST, P-tuning).

@@ -109,7 +109,7 @@ class GradientPenalty(Method):
         seen = list(self.lookups)
         self.lookups.clear()
         # Lookups of other passes (R-Drop's second one) are not in this loss's graph: their gradient is None.
-        grads = torch.autograd.grad(loss * step.loss_scale, seen, create_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(loss * step.loss_scale, seen, create_graph=True, allow_unused=True) if seen else ()
         used = [g for g in grads if g is not None]
         if not used:
             raise RuntimeError("gradient_penalty: the loss used none of the word-embedding lookups it saw")
