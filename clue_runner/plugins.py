@@ -22,6 +22,7 @@ HEADS: Registry = Registry("head", {
 
 METHODS: Registry = Registry("method", {
     "fgm": "clue_runner.methods.adversarial:FGM",
+    "gradient_penalty": "clue_runner.methods.adversarial:GradientPenalty",
     "rdrop": "clue_runner.methods.regularization:RDrop",
     "lora": "clue_runner.methods.lora:LoRA",
     "long_positions": "clue_runner.methods.long_positions:LongPositions",

@@ -262,7 +262,7 @@ def test_fgm_perturbs_the_second_segment_of_a_bi_encoder(tiny_model, data_dir):
     from clue_runner.data.splits import load_split
     from clue_runner.engine.build import model_for
     from clue_runner.features import collate, encode_examples
-    from clue_runner.methods import build_methods
+    from clue_runner.methods import StepContext, build_methods
     from clue_runner.models import load_tokenizer
     from clue_runner.tasks import get_task
 
@@ -287,7 +287,7 @@ def test_fgm_perturbs_the_second_segment_of_a_bi_encoder(tiny_model, data_dir):
 
     before = emb.detach().clone()
     compute(batch)[0].backward()
-    fgm.after_backward(model, batch, compute, 1.0)
+    fgm.after_backward(model, batch, StepContext(compute))
     moved = (seen[-1] != before).any(-1)
     assert moved[sorted(only_b)].all()  # rows only the second segment uses were perturbed too
     assert torch.equal(emb, before)  # and restored exactly
