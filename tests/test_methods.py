@@ -98,7 +98,7 @@ def test_rdrop_alone_trains_to_the_losses_it_gave_before(tiny_model, data_dir, t
     cfg = run_cfg(tiny_model, data_dir, tmp_path, [{"name": "rdrop", "alpha": 1.0}], max_steps=2, eval_every=1)
     result = api.read_run(api.train(cfg, log=quiet))
     # Logged by the loss-owning R-Drop (before loss terms), same config and seed, on the CPU.
-    assert [h["train_loss"] for h in result["history"]] == pytest.approx([0.6925526857376099, 0.691959798336029],
+    assert [h.train_loss for h in result.history] == pytest.approx([0.6925526857376099, 0.691959798336029],
                                                                          rel=1e-6)
 
 
@@ -177,12 +177,12 @@ def test_rdrop_and_gradient_penalty_train_and_their_terms_add_up(tiny_model, dat
     cfg = run_cfg(tiny_model, data_dir, tmp_path, [{"name": "rdrop"}, {"name": "gradient_penalty"}],
                   max_steps=3, eval_every=1)
     result = api.read_run(api.train(cfg, log=quiet))
-    assert result["steps"] == 3 and result["method"] == "finetune+rdrop+gradient_penalty"
+    assert result.steps == 3 and result.method == "finetune+rdrop+gradient_penalty"
     assert [name for name, _, _ in parts] == ["RDrop", "GradientPenalty"] * 3
-    for step, record in enumerate(result["history"]):
+    for step, record in enumerate(result.history):
         (_, loss, rdrop), (_, same_loss, penalty) = parts[2 * step:2 * step + 2]
         assert loss == same_loss and penalty > 0  # both terms are given the default loss
-        assert record["train_loss"] == pytest.approx(loss + rdrop + penalty, rel=1e-6)
+        assert record.train_loss == pytest.approx(loss + rdrop + penalty, rel=1e-6)
 
 
 def test_fgm_and_gradient_penalty_train_together_and_reload_with_their_score(tiny_model, data_dir, tmp_path):
@@ -190,9 +190,9 @@ def test_fgm_and_gradient_penalty_train_together_and_reload_with_their_score(tin
                   eval_limit=None, max_steps=2)
     run_dir = api.train(cfg, log=quiet)
     result = api.read_run(run_dir)
-    assert result["steps"] == 2 and np.isfinite(result["final"]["train_loss"])
+    assert result.steps == 2 and np.isfinite(result.final.train_loss)
     # Reloading re-applies the penalty's attention choice: the score is the one training saw.
-    assert api.evaluate(run_dir, split=result["task"]["eval_split"])["metrics"] == result["best"]["metrics"]
+    assert api.evaluate(run_dir, split=result.task.eval_split)["metrics"] == result.best.metrics
 
 
 @pytest.mark.parametrize("other,why", [({"name": "lora"}, "lora freezes the word embeddings"),
