@@ -419,17 +419,39 @@ def _field_names(model_cls: type[BaseModel], loc: tuple) -> list[str]:
     return list(cls.model_fields)
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    return f"{source}: invalid config: " + error_lines(err)  # one line, as every error
+# Keys of the other shape of config: with `task:` set, `tasks:` is no fix for a typo (and back).
+OTHER_SHAPE = {"task": ("tasks", "multitask"), "tasks": ("task",)}
 
 
-def error_lines(err: ValidationError) -> str:
+def _fitting_suggestion(raw: Optional[dict], loc: tuple) -> Optional[str]:
+    """The key meant by the unknown key at `loc`, unless that one is already set there (the fix would be
+    a duplicate) or belongs to the other shape of config (`tasks` beside `task`): then none (a worse
+    match, such as `data` for `taks`, would mislead)."""
+    parent = raw
+    for part in loc[:-1]:
+        try:
+            parent = parent[part]
+        except (KeyError, IndexError, TypeError):
+            parent = None
+            break
+    given = set(parent) if isinstance(parent, dict) else set()
+    barred = given | {other for key in given if len(loc) == 1 for other in OTHER_SHAPE.get(key, ())}
+    close = _suggest(str(loc[-1]), _field_names(ExperimentConfig, loc))
+    return None if close in barred else close
+
+
+def format_validation_error(err: ValidationError, source: str, raw: Optional[dict] = None) -> str:
+    return f"{source}: invalid config: " + error_lines(err, raw)  # one line, as every error
+
+
+def error_lines(err: ValidationError, raw: Optional[dict] = None) -> str:
+    """`raw`: the validated mapping, so that a did-you-mean fits what the config already sets."""
     lines = []
     for e in err.errors():
         loc = tuple(e["loc"])
         path = ".".join(str(p) for p in loc) or "(top level)"
         if e["type"] == "extra_forbidden":
-            close = _suggest(str(loc[-1]), _field_names(ExperimentConfig, loc))
+            close = _fitting_suggestion(raw, loc)
             parent = "".join(f"{p}." for p in loc[:-1])
             hint = f"; did you mean {parent}{close}?" if close else ""
             lines.append(f"{path}: unknown key{hint}")
@@ -451,7 +473,7 @@ def build_config(raw: dict, overrides: list[str] = (), source: str = "config") -
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source)) from None
+        raise ConfigError(format_validation_error(err, source, raw)) from None
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:

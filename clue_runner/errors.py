@@ -49,10 +49,15 @@ def is_disk_error(err: BaseException) -> bool:
     return isinstance(err, OSError) and err.errno in DISK_ERRNOS
 
 
-def disk_error_line(err: OSError, then: str = "then run again") -> str:
-    """One line for a failed write: which path, why, what to do."""
+def disk_error_line(err: OSError, then: str = "then run again", option: str | None = None) -> str:
+    """One line for a failed write: which path, why, what to do. `option`: the command-line option
+    the path came from (`--output/-o`), which is then what to change (not output_dir or the cache)."""
     where = err.filename or "a file"
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+    full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+    if option:
+        fix = f"free space there or give {option} a path on another disk" if full else \
+            f"make it writable or give {option} a writable path"
+    elif full:
         fix = "free space there or point output_dir / CLUE_RUN_CACHE at another disk"
     else:
         fix = "make it writable or point output_dir / CLUE_RUN_CACHE at a writable directory"

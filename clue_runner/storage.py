@@ -5,6 +5,8 @@
 - `atomic_dir(path)`: the same for a directory (a transformers checkpoint, a converted model).
 - Temporary names carry the writer's pid (`.NAME.PID.RANDOM.tmp`): a SIGKILL runs no cleanup, so the
   next writer in the same directory removes the leftovers of processes that no longer exist.
+- Files and directories get the mode the user's umask gives (`0o666 & ~umask`, as `open()` would):
+  temporary files (and libraries that write through one, safetensors) start private.
 - A failed write leaves nothing behind and raises `OSError` with the path, also where the library
   that wrote (torch, safetensors) hid the operating system's error in its own exception type.
 - `kill_point(name)`: the fault-injection hook the kill tests use (`CLUE_RUN_KILL_AT=name[:n]`).
@@ -81,6 +83,32 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+# -- modes ---------------------------------------------------------------------------------
+
+def umask() -> int:
+    """The process's umask, read without changing it where /proc tells it (os.umask sets it to read it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def share_as_umask(path: Path) -> None:
+    """Give `path` (and everything below it) the modes a plain `open()` / `mkdir()` would have given."""
+    mask = umask()
+    path = Path(path)
+    entries = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for entry in entries:
+        if not entry.is_symlink():
+            os.chmod(entry, (0o777 if entry.is_dir() else 0o666) & ~mask)
+
+
 # -- errors --------------------------------------------------------------------------------
 
 _OS_ERROR_IN_TEXT = re.compile(r"os error (\d+)|errno[ =:]*(\d+)", re.IGNORECASE)
@@ -95,8 +123,8 @@ def as_os_error(err: BaseException, path: Path, recorded: OSError | None = None)
     safetensors into its own error ("… (os error 28)"): the cause is recovered here, once.
     """
     if isinstance(err, OSError):
-        if err.filename is None and err.errno is not None:
-            return OSError(err.errno, err.strerror or os.strerror(err.errno), str(path))
+        if err.errno is not None and (err.filename is None or _temporary(err.filename)):
+            return OSError(err.errno, err.strerror or os.strerror(err.errno), str(path))  # the path asked for
         return err
     if recorded is not None:
         return OSError(recorded.errno, recorded.strerror or os.strerror(recorded.errno or 0), str(path))
@@ -108,6 +136,11 @@ def as_os_error(err: BaseException, path: Path, recorded: OSError | None = None)
     if code is None:
         return err
     return OSError(code, os.strerror(code), str(path))
+
+
+def _temporary(filename) -> bool:
+    """Whether `filename` is (or lies in) one of the hidden temporary siblings written here."""
+    return any(_TMP.match(part) for part in Path(os.fsdecode(filename)).parts)
 
 
 class _RecordingFile:
@@ -143,7 +176,7 @@ def _fsync_dir(directory: Path) -> None:
 # -- writers -------------------------------------------------------------------------------
 
 @contextmanager
-def atomic_file(path: Path, mode: int = 0o644) -> Iterator[_RecordingFile]:
+def atomic_file(path: Path) -> Iterator[_RecordingFile]:
     """Yield a binary file object; on success its content replaces `path` (fsynced, then renamed)."""
     path = Path(path)
     try:
@@ -159,7 +192,7 @@ def atomic_file(path: Path, mode: int = 0o644) -> Iterator[_RecordingFile]:
         fh.flush()
         os.fsync(fh.fileno())
         fh.close()
-        os.chmod(tmp, mode)  # results are meant to be shared
+        share_as_umask(tmp)  # a temporary file starts private; the result is meant to be shared
         kill_point("atomic-rename")
         os.replace(tmp, path)
     except BaseException as err:
@@ -222,6 +255,7 @@ def atomic_dir(out_dir: Path) -> Iterator[Path]:
 
 def swap_dir_in(new: Path, out_dir: Path) -> None:
     """Replace `out_dir` by the complete directory `new` (two renames; the old copy is removed last)."""
+    share_as_umask(new)  # libraries write through private temporary files (safetensors: 0600)
     for f in new.rglob("*"):
         if f.is_file():
             with open(f, "rb") as fh:
@@ -259,7 +293,7 @@ class DirLock:
         import fcntl
 
         self.path = Path(directory) / name
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for every file
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

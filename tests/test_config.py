@@ -45,6 +45,20 @@ def test_bad_configs_name_the_key(raw, overrides, expected):
     assert str(err.value).startswith("exp.yaml") or "unknown" in str(err.value)
 
 
+@pytest.mark.parametrize("raw, expected", [
+    ({"task": "afqmc", "taks": "tnews"}, "taks: unknown key"),  # not "did you mean tasks?": task: is set
+    ({"tasks": [{"name": "afqmc"}, {"name": "tnews"}], "taks": 1}, "taks: unknown key"),  # tasks is set already
+    ({"task": "afqmc", "multitaks": {}}, "multitaks: unknown key"),  # multitask belongs to tasks:
+    ({"task": "afqmc", "train": {"lr": 1e-5, "lrr": 2e-5}}, "train.lrr: unknown key"),  # lr is set already
+    ({"tasks": [{"name": "afqmc"}, {"name": "tnews"}], "multitaks": {}}, "multitaks: unknown key; did you mean multitask?"),
+])
+def test_did_you_mean_fits_what_the_config_sets(raw, expected):
+    with pytest.raises(ConfigError) as err:
+        build_config(raw, source="exp.yaml")
+    message = str(err.value)
+    assert expected in message and ("did you mean" in message) == ("did you mean" in expected), message
+
+
 def test_override_needs_equals():
     with pytest.raises(ConfigError, match="expected key.path=value"):
         build_config({"task": "afqmc"}, ["train.lr"])

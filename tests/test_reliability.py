@@ -306,6 +306,17 @@ def test_full_token_cache_is_one_line(tiny_model, data_dir, tmp_path, monkeypatc
     assert not out.exists() and not leftovers(tmp_path / "cache")
 
 
+def test_full_disk_creating_the_run_directory_names_it(tiny_model, data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    path = write_config(tmp_path / "exp.yaml", raw_config(tiny_model, data_dir, out, seed=12))
+    inject_enospc(monkeypatch, "config.yaml")  # the config, written inside the hidden staging directory
+    line = one_error_line(*cli("train", "--config", path))
+    named = re.search(r"cannot write (\S+): No space left on device", line)
+    assert named and ".partial" not in line and "config.yaml" not in line, line
+    assert Path(named[1]).parent.parent.parent == out and not Path(named[1]).name.startswith("."), line
+    assert not leftovers(out) and run_dirs(out) == []
+
+
 def can_mount() -> bool:
     if os.geteuid() != 0:
         return False

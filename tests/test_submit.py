@@ -296,6 +296,19 @@ def test_submit_output_that_is_a_directory_is_one_line(runs, tmp_path):
     assert "is a directory; give the zip's file name" in output
 
 
+@pytest.mark.parametrize("command", ["predict", "submit"])
+def test_full_disk_at_the_output_names_the_option_given(command, runs, tmp_path, monkeypatch):
+    from test_reliability import inject_enospc
+
+    out = tmp_path / ("out.json" if command == "predict" else "out.zip")
+    inject_enospc(monkeypatch, out.name)
+    result = CliRunner().invoke(app, [command, "--run", str(runs["afqmc"]), "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    line = result.output.strip().splitlines()[-1]
+    assert f"cannot write {out}: No space left on device" in line and "give --output/-o a path on another disk" in line
+    assert "output_dir" not in line and "CLUE_RUN_CACHE" not in line and not out.exists()
+
+
 def test_fewclue_zip_with_one_task_needs_partial(runs, tmp_path):
     out = tmp_path / "few.zip"
     code, output = submit("--run", runs["eprstmt"], "-o", out)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import re
+from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -51,7 +54,7 @@ def friendly_errors(fn):
         except (ClueRunError, OSError) as e:
             if os.environ.get(DEBUG_ENV) or (isinstance(e, OSError) and not is_disk_error(e)):
                 raise
-            message = str(e) if isinstance(e, ClueRunError) else disk_error_line(e)
+            message = str(e) if isinstance(e, ClueRunError) else disk_error_line(e, option=_path_option(fn, kwargs, e))
             # ONE line (the README's promise): a multi-line message is joined; escaped, as paths,
             # labels and WSC markers contain square brackets that rich would eat.
             one_line = "; ".join(re.sub(r"^\s*-\s+", "", part) for part in message.splitlines() if part.strip())
@@ -59,3 +62,15 @@ def friendly_errors(fn):
             raise typer.Exit(2)
 
     return wrapper
+
+
+def _path_option(command, kwargs: dict, err: OSError) -> Optional[str]:
+    """The command's destination option (its `output` parameter: `--output/-o`) when a failed write
+    went there, so the advice names what the user gave (not output_dir or CLUE_RUN_CACHE)."""
+    value = kwargs.get("output")
+    decls = getattr(inspect.signature(command).parameters.get("output"), "default", None)
+    decls = getattr(decls, "param_decls", None)
+    if not err.filename or not isinstance(value, Path) or not decls:
+        return None
+    failed, given = Path(err.filename).absolute(), value.absolute()
+    return "/".join(decls) if failed == given or given in failed.parents else None

@@ -1,7 +1,8 @@
 """Splits of a task as examples: the official CLUE/FewCLUE layouts (JSON lines, plain or .gz) or a `datasets` hub path.
 
 Every row becomes an `Example`; a malformed row or an unknown label stops with file, line
-and field, or (with `data.on_bad_row: skip`) is counted and reported in the run result.
+and field, or (with `data.on_bad_row: skip`) is counted and reported in the run result. Texts longer
+than a head can read are cut here, before tokenizing (`data.limits`); `SplitData.cut` names the rows.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, Iterator, Optional
 from ..errors import DataError, first_line
 from ..plugins import DATA_FORMATS, PARSERS
 from ..tasks.spec import TaskSpec
+from .limits import TextLimits, bound_texts
 from .parsers import RowContext, RowError
 from .readers import BadRow, find_file, read_json_document, read_rows, resolve_data_dir
 
@@ -37,6 +39,7 @@ class SplitData:
     examples: list[Example]
     dropped: Counter = field(default_factory=Counter)  # label value -> rows dropped by design
     skipped: list[str] = field(default_factory=list)  # "file:line: field: problem" per bad row skipped
+    cut: list[str] = field(default_factory=list)  # "file:line: field 'x' cut from N to M characters (why)" per text cut
 
     def summary(self) -> dict:
         return {
@@ -45,7 +48,15 @@ class SplitData:
             "dropped": dict(self.dropped),
             "skipped": len(self.skipped),
             "skipped_first": self.skipped[:5],
+            **({"cut": len(self.cut), "cut_first": self.cut[:5]} if self.cut else {}),
         }
+
+    def cut_warning(self) -> Optional[str]:
+        """One line about the texts cut before tokenizing (the first one named), or None."""
+        if not self.cut:
+            return None
+        more = f"; {len(self.cut) - 1:,} more text(s) of {self.source} cut likewise" if len(self.cut) > 1 else ""
+        return f"warning: {self.cut[0]}{more}"
 
 
 def _answer_file(path: Path) -> dict:
@@ -157,9 +168,11 @@ def load_split(
     limit: Optional[int] = None,
     training: bool = False,
     require_labels: bool = False,
+    limits: Optional[TextLimits] = None,
 ) -> SplitData:
     """Examples of one split. `training`: the split trains a model, so targets that only training
-    needs (answer spans) are checked too; `require_labels`: a row without its label is a bad row."""
+    needs (answer spans) are checked too; `require_labels`: a row without its label is a bad row;
+    `limits`: how many characters of each text the head reads (longer texts are cut, or refused)."""
     src = _split_source(task, split, data_dir, variant, source)
     encode = PARSERS.get(src.inputs.encoder)
     parse_label = _label_parser(task) if task.label.kind != "structured" else None
@@ -170,8 +183,10 @@ def load_split(
             if isinstance(row, BadRow):
                 raise RowError(None, row.problem)
             items = encode(row, src.inputs, ctx)
+            cuts = []
             for item in items:
                 _check_texts(item, src.inputs, allow_empty=parse_label is None)
+                cuts += bound_texts(item, (src.inputs.text_a, src.inputs.text_b), limits) if limits else []
             if parse_label is not None and not _set_label(task, row, items, parse_label, require_labels, data):
                 continue
         except RowError as err:
@@ -180,6 +195,8 @@ def load_split(
                 raise DataError(problem + " (set data.on_bad_row: skip to skip such rows)") from None
             data.skipped.append(problem)
             continue
+        data.cut += dict.fromkeys(f"{origin}:{where}: field {c.field!r} cut from {c.before:,} to {c.after:,} characters "
+                                  f"before tokenizing ({c.why})" for c in cuts)  # a context shared by questions: once
         for item in items:
             default_id = row.get(task.id_field, where - 1 if isinstance(where, int) else where)
             data.examples.append(Example(default_id if item.id is None else item.id, item.text_a, item.text_b,

@@ -120,13 +120,16 @@ def load_task_split(cfg: ExperimentConfig, task: TaskSpec, split: str, limit=Non
                     training: bool = False, unlabelled: bool = False) -> SplitData:
     """`training`: also every row must carry its label, unless the head learns without labels (SimCSE)
     or the split is an `unlabelled` pool (semi-supervised PET)."""
-    require_labels = False
-    if training and not unlabelled:
-        resolved = cfg.resolved
-        require_labels = resolved.head_cls.learns_from_labels(resolved.head_params)
-    return load_split(task, split, data_dir=data_dir or cfg.data.dir, variant=cfg.data.variant,
+    resolved = cfg.resolved
+    head_cls, params = resolved.head_cls, resolved.head_params
+    require_labels = training and not unlabelled and head_cls.learns_from_labels(params)
+    data = load_split(task, split, data_dir=data_dir or cfg.data.dir, variant=cfg.data.variant,
                       on_bad_row=on_bad_row or cfg.data.on_bad_row, source=cfg.data.source, limit=limit,
-                      training=training, require_labels=require_labels)
+                      training=training, require_labels=require_labels,
+                      limits=head_cls.text_limits(params, cfg.data.max_length))  # cut before any tokenizer
+    if data.cut:
+        _warn(data.cut_warning())
+    return data
 
 
 def threshold_split_data(cfg: ExperimentConfig, task: TaskSpec, scored_split: str,

@@ -14,6 +14,7 @@ from typing import Optional
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from ..data.limits import TextLimits
 from ..errors import ConfigError
 from ..features import Encoded, encode_examples
 from ..plugins import HEADS
@@ -53,6 +54,12 @@ class Head(nn.Module):
         super().__init__()
         self.backbone, self.task, self.params = backbone, task, params
         self.dropout = nn.Dropout(dropout)
+
+    @classmethod
+    def text_limits(cls, params, max_length: int) -> TextLimits:
+        """How many characters of each text this head reads: texts are cut to it before tokenizing
+        (data.limits). Most heads keep at most `max_length` tokens of a text."""
+        return TextLimits.within(max_length)
 
     @classmethod
     def output_kind(cls, task, params) -> str:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from ..data.limits import TextLimit, TextLimits
 from ..errors import ConfigError
 from ..features import Encoded, Segment, cache_key, cached_arrays, pack
 from . import MASKED, Head, Params
@@ -22,6 +23,9 @@ class SpanParams(Params):
     top_k: int = Field(20, ge=1)  # start and end candidates tried per window
     # Keep only the first N windows of each context (1: plain truncation at data.max_length); None keeps all.
     max_windows: Optional[int] = Field(None, ge=1)
+    # Without max_windows every window of a context is read, so a context is kept whole: a longer one is a
+    # bad row (data.on_bad_row), as tokenizing it takes memory in proportion (~600 bytes per character).
+    max_context_chars: int = Field(100_000, ge=1)
 
 
 class SpanHead(Head):
@@ -31,6 +35,18 @@ class SpanHead(Head):
     output = "span_logits"
     label_kinds = ("structured",)  # the input encoder gives the gold
     graphable = False
+
+    @classmethod
+    def text_limits(cls, params: SpanParams, max_length: int) -> TextLimits:
+        """The question as any text; the context whole (up to max_context_chars), or as much as its
+        first max_windows windows can hold."""
+        question = TextLimits.within(max_length).text_a
+        if params.max_windows is None:
+            return TextLimits(question, TextLimit(refuse=params.max_context_chars, why="head.max_context_chars; "
+                                                  "every window of a context is read unless head.max_windows is set"))
+        tokens = params.max_windows * max_length
+        return TextLimits(question, TextLimit.tokens(tokens, f"head.max_windows {params.max_windows} × data.max_length "
+                                                             f"{max_length} tokens"))
 
     def __init__(self, backbone, task, params: SpanParams, dropout=0.1):
         super().__init__(backbone, task, params, dropout)

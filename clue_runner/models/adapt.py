@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import torch
 
 from ..errors import ModelError
+from ..storage import atomic_dir
 from ..runs.result import describe_adaptation
 from . import load_tokenizer, quiet_transformers
 
@@ -109,9 +110,9 @@ def electra_as_bert(model_path: str, out: Path) -> str:
     if unexpected or any(not k.startswith("pooler.") for k in missing):
         raise ModelError(f"{model_path}: ELECTRA → BERT conversion left weights unmatched "
                          f"({', '.join((unexpected or missing)[:3])})")
-    out.mkdir(parents=True, exist_ok=True)
-    bert.save_pretrained(out)
-    load_tokenizer(model_path).save_pretrained(out)
+    with atomic_dir(out) as tmp:  # whole or absent, with the umask's modes
+        bert.save_pretrained(tmp)
+        load_tokenizer(model_path).save_pretrained(tmp)
     return str(out)
 
 
@@ -209,10 +210,9 @@ def adapt_mlm(model_path: str, texts: list[str], out: Path, steps: int = 200, ba
     if nsp:
         result["documents"] = len(train_docs)
     model.config.clue_run_adapted = result
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    with atomic_dir(Path(out)) as tmp:  # whole or absent, with the umask's modes
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return result
 
 

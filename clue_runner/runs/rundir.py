@@ -20,6 +20,8 @@ was killed before its first checkpoint: it starts over in the same directory.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -69,14 +71,16 @@ class RunDir:
         final.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_tmp(final.parent)  # staging directories of creators killed before the rename
         staging = tmp_sibling(final, "partial")
-        staging.mkdir()
         try:
+            staging.mkdir()
             atomic_write_text(staging / CONFIG_FILE, config_text)
             kill_point("config-written")
             lock = DirLock(staging)  # the lock travels with the rename (same open file)
             swap_dir_in(staging, final)
-        except BaseException:
+        except BaseException as err:
             shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(err, OSError) and err.errno is not None:  # name the directory asked for, not the staging one
+                raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(final)) from None
             raise
         return cls(final, lock)
 
