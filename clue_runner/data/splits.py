@@ -121,6 +121,15 @@ def _check_texts(item, inputs, allow_empty: bool) -> None:
             raise RowError(name, "the text holds a NUL character (a binary or damaged file?)")
 
 
+def split_paths(task: TaskSpec, split: str, data_dir: Optional[str] = None,
+                variant: Optional[str] = None) -> tuple[list[Path], Optional[Path]]:
+    """The local files of a split (and its separate answer file): checked before anything heavy loads."""
+    layout = task.split_layout(split, variant)
+    directory = resolve_data_dir(data_dir) / task.data.dir
+    paths = [find_file(directory, name) for name in ([layout.file] if isinstance(layout.file, str) else layout.file)]
+    return paths, (find_file(directory, layout.answers) if layout.answers else None)
+
+
 def load_split(
     task: TaskSpec,
     split: str,
@@ -144,15 +153,14 @@ def load_split(
         rows = ((origins[0], where, row) for where, row in hub_rows)
     else:
         layout = task.split_layout(split, variant)
-        directory = resolve_data_dir(data_dir) / task.data.dir
-        paths = [find_file(directory, name) for name in ([layout.file] if isinstance(layout.file, str) else layout.file)]
+        paths, answers_path = split_paths(task, split, data_dir, variant)
         origins = [str(p) for p in paths]
         columns = layout.columns or ([task.inputs.text_a] if layout.format == "lines" else None)
         rows = ((str(p), where, row) for p in paths for where, row in read_rows(p, layout.format, columns, layout.header))
         if layout.unpaired:
             inputs = inputs.model_copy(update={"text_b": None})
-        if layout.answers:
-            answers = _answer_file(find_file(directory, layout.answers))
+        if answers_path is not None:
+            answers = _answer_file(answers_path)
 
     encode = PARSERS.get(inputs.encoder)
     parse_label = _label_parser(task) if task.label.kind != "structured" else None

@@ -23,7 +23,6 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from transformers import get_linear_schedule_with_warmup
 
 from ..features import Encoded, to_device
 from ..features.batching import EncodedSource, padded_tokens
@@ -37,10 +36,13 @@ RESUME_AFTER_SECONDS = 600.0
 
 
 def seed_everything(seed: int) -> None:
-    """Python, NumPy and torch (CPU and CUDA) generators, as transformers seeds them."""
-    from transformers import set_seed
-
-    set_seed(seed % 2**32)
+    """Python, NumPy and torch (CPU and CUDA) generators, as transformers' `set_seed` seeds them
+    (not imported: its module pulls peft, ~4 s that a dry run or an eval should not pay)."""
+    seed %= 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
 
 
 def pick_device(requested: str) -> torch.device:
@@ -137,6 +139,10 @@ class Trainer:
                 m.prepare(model, self._epoch_batches(), self._compute)
         self.fast_path = fast_path_blocker(cfg, methods, device, model) is None
         self.optimizer = self._optimizer()
+        # here, not at the top: transformers' optimization module pulls trainer_utils → peft (~4 s of
+        # imports) that `clue-run --help`, errors and --dry-run should not pay
+        from transformers import get_linear_schedule_with_warmup
+
         self.scheduler = get_linear_schedule_with_warmup(
             self.optimizer, int(cfg.warmup * self.total_steps), self.total_steps
         )
