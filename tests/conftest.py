@@ -14,11 +14,33 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DATA_DIR = Path(os.environ.get("CLUE_DATA_DIR", SHARED_DATA))
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    # One tokenization cache per test session, never the user's.
+    # One tokenization cache per test session, never the user's; every test (and every subprocess it
+    # starts) runs in an empty directory of its own, so a relative `results/` or `data/` is never the
+    # repository's or the user's (`make demo` writes into the repository's results/).
     monkeypatch.setenv("CLUE_RUN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.setenv("CLUE_RUN_NO_PROGRESS", "1")
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
+def _tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _repository_untouched():
+    """The suite must leave the checkout's results/ and top level as it found them."""
+    results = REPO / "results"
+    before = _tree(results), sorted(p.name for p in REPO.iterdir())
+    yield
+    after = _tree(results), sorted(p.name for p in REPO.iterdir())
+    changed = sorted(set(after[0].items()) ^ set(before[0].items()))
+    new = sorted(set(after[1]) - set(before[1]) - {".pytest_cache"})
+    assert not changed and not new, f"the tests wrote into the repository: {changed[:5] or new[:5]}"
 
 
 @pytest.fixture(scope="session")
