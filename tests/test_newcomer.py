@@ -112,6 +112,7 @@ def test_a_config_error_is_answered_without_torch_or_transformers(tmp_path):
     assert not loaded & {"torch", "transformers", "peft"}, loaded
 
 
+@pytest.mark.slow
 def test_a_missing_model_or_data_file_is_answered_before_transformers(tmp_path, data_dir):
     config = tmp_path / "exp.yaml"
     config.write_text(f"task: fewclue_tnews\nmodel: {{name: someone/no-such-model}}\noutput_dir: {tmp_path / 'out'}\n")
