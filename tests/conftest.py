@@ -25,6 +25,9 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CLUE_RUN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.setenv("CLUE_RUN_NO_PROGRESS", "1")
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+    # `python -m clue_runner` in a subprocess found this checkout through the working directory; now
+    # through PYTHONPATH, so it runs the code under test whatever the venv's editable install points at.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
 
 
 # The slow groups (`make test` deselects them with -m "not slow"; `make test-all` and CI run them):
