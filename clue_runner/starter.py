@@ -11,10 +11,6 @@ from pydantic import BaseModel
 
 from .config import DEFAULT_MODEL, ExperimentConfig, HeadConfig, MethodConfig, MultitaskConfig, TaskEntry, build_config
 
-# Sections written as YAML blocks, in this order; the multi-task keys follow as a commented example.
-SECTIONS = ("model", "data", "train")
-
-
 def _value(value) -> str:
     """A default as a YAML flow scalar (JSON is valid YAML; strings stay unquoted where plain)."""
     if isinstance(value, float) and "e" in repr(value) and "." not in repr(value):
@@ -61,8 +57,6 @@ def _options(params_cls: type[BaseModel], indent: str, values: Optional[dict] = 
 
 def starter_config(task: str, model: Optional[str] = None, methods: tuple[str, ...] = ()) -> str:
     """The commented YAML for `task` (and a model and methods); it validates and trains as written."""
-    from .heads import head_name, resolve_head
-    from .plugins import METHODS
     from .tasks import get_task
 
     spec = get_task(task)
@@ -70,15 +64,30 @@ def starter_config(task: str, model: Optional[str] = None, methods: tuple[str, .
     method_list = [{"name": m} for m in methods]
     build_config({"task": task, "model": {"name": model or DEFAULT_MODEL}, "methods": method_list},
                  source="clue-run init")  # a bad --task or --method fails here, not in the written file
-    head = head_name(spec, None)
     lines = [f"# clue-run experiment: {spec.name} — {spec.description}",
              "# Written by `clue-run init`: every key with its default and meaning. Check it with",
              "#   clue-run train --config THIS_FILE --dry-run",
              _line("", "task", spec.name if task == spec.name else task, fields["task"].description)]
-    for section in SECTIONS:
-        lines.append(_block("", section, fields[section].description))
-        lines += _fields(type(fields[section].default), "  ", {"name": model} if section == "model" and model else {})
-    lines.append(_block("", "head", fields["head"].description))
+    for key, field in fields.items():  # every other section, in the schema's order (new keys too)
+        default = field.get_default(call_default_factory=True)
+        if key in ("task", "tasks", "multitask", "head", "methods"):
+            continue
+        if isinstance(default, BaseModel):
+            lines.append(_block("", key, field.description))
+            lines += _fields(type(default), "  ", {"name": model} if key == "model" and model else {})
+        else:
+            lines.append(_line("", key, default, field.description))
+    lines += _head_and_methods(spec, methods)
+    return "\n".join(lines + _multitask_example()) + "\n"
+
+
+def _head_and_methods(spec, methods: tuple[str, ...]) -> list[str]:
+    from .heads import head_name, resolve_head
+    from .plugins import METHODS
+
+    fields = ExperimentConfig.model_fields
+    head = head_name(spec, None)
+    lines = [_block("", "head", fields["head"].description)]
     lines.append(_line("  ", "name", None, f"{HeadConfig.model_fields['name'].description}; the task's is {head}"))
     params = resolve_head(spec, None)[1]  # the head's defaults with the task's own settings over them
     options = _options(type(params), "", params.model_dump(), prefix="  # ")
@@ -91,8 +100,7 @@ def starter_config(task: str, model: Optional[str] = None, methods: tuple[str, .
     for name in methods:
         lines.append(_line("  - ", "name", name, MethodConfig.model_fields["name"].description))
         lines += _options(METHODS.get(name).Params, "    ")
-    lines.append(_line("", "output_dir", fields["output_dir"].default, fields["output_dir"].description))
-    return "\n".join(lines + _multitask_example()) + "\n"
+    return lines
 
 
 def _multitask_example() -> list[str]:
