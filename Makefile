@@ -1,4 +1,5 @@
-# clue-run: `make install` sets up .venv; `make demo` installs and runs the main job; `make test` runs the tests.
+# clue-run: `make install` sets up .venv; `make demo` installs and runs the main job; `make test` runs the fast
+# tests (slow ones deselected); `make test-all` runs every test (what CI runs).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 CLUE_DATA_DIR ?= $(abspath ../shared/data)
 export CLUE_DATA_DIR
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-all clean
 
 $(BIN)/clue-run: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +24,9 @@ demo: install
 	$(BIN)/clue-run train --config configs/demo.yaml
 
 test: install
+	$(BIN)/python -m pytest -m "not slow"
+
+test-all: install
 	$(BIN)/python -m pytest
 
 clean:

@@ -22,27 +22,28 @@ class Strict(BaseModel):
 
 
 class ModelConfig(Strict):
-    name: str = DEFAULT_MODEL  # hub id, local checkpoint directory, or a packaged name
-    dropout: float = Field(0.1, ge=0, lt=1)  # dropout before the head's classifier
-    # Cut the vocabulary to the task's texts first (cached). Same hidden states on the task, far fewer
-    # parameters to update: the embedded model is ~80% embeddings. auto: where the tokenizer allows it
-    # (Unigram/SentencePiece) and it pays (a large vocabulary); true: required (an error otherwise).
-    trim_vocab: Union[Literal["auto"], bool] = "auto"
-    # Train even where the checkpoint lacks encoder weights (they start random); off: refused with one line.
-    allow_random_init: bool = False
+    name: str = Field(DEFAULT_MODEL, description="a hub id, a local checkpoint directory, or a packaged model")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout before the head's classifier")
+    # Same hidden states on the task, far fewer parameters to update: the embedded model is ~80% embeddings.
+    trim_vocab: Union[Literal["auto"], bool] = Field("auto", description=(
+        "cut the vocabulary to the task's texts first (cached); auto: where the tokenizer allows it "
+        "(Unigram/SentencePiece) and the vocabulary is large; true: required"))
+    allow_random_init: bool = Field(False, description=(
+        "train even where the checkpoint lacks encoder weights (they start random); false: refused"))
 
 
 class DataConfig(Strict):
-    dir: Optional[str] = None  # else $CLUE_DATA_DIR, else ./data
-    source: Literal["local", "hub"] = "local"
-    variant: Optional[str] = None  # FewCLUE split: 0-4 or few_all
-    train_split: str = "train"
-    eval_split: str = "dev"
-    threshold_split: Optional[str] = None  # where threshold metrics search their threshold (default: eval split)
-    max_length: int = Field(128, ge=8, le=8192)
-    on_bad_row: Literal["error", "skip"] = "error"
-    max_train_examples: Optional[int] = Field(None, ge=1)  # keep the first N (smoke runs)
-    max_eval_examples: Optional[int] = Field(None, ge=1)
+    dir: Optional[str] = Field(None, description="the data directory; null: $CLUE_DATA_DIR, else ./data")
+    source: Literal["local", "hub"] = Field("local", description="local files, or the task's datasets hub path")
+    variant: Optional[str] = Field(None, description="FewCLUE split: 0-4 or few_all (null: the task's default)")
+    train_split: str = Field("train", description="the split to train on")
+    eval_split: str = Field("dev", description="the labelled split that scores each evaluation")
+    threshold_split: Optional[str] = Field(None, description=(
+        "where threshold metrics search their threshold (null: the eval split)"))
+    max_length: int = Field(128, ge=8, le=8192, description="tokens per input (longer inputs are cut or windowed)")
+    on_bad_row: Literal["error", "skip"] = Field("error", description="a bad data row stops the run, or is skipped")
+    max_train_examples: Optional[int] = Field(None, ge=1, description="keep the first N training examples (smoke runs)")
+    max_eval_examples: Optional[int] = Field(None, ge=1, description="keep the first N evaluation examples")
 
     @field_validator("variant", mode="before")
     @classmethod
@@ -51,27 +52,31 @@ class DataConfig(Strict):
 
 
 class TrainConfig(Strict):
-    batch_size: int = Field(32, ge=1)
-    eval_batch_size: int = Field(128, ge=1)
-    lr: float = Field(2e-5, gt=0, le=1)
-    head_lr: Optional[float] = Field(None, gt=0, le=1)  # new head weights; default = lr
-    epochs: int = Field(3, ge=1)
-    max_steps: Optional[int] = Field(None, ge=0)  # optimizer steps; overrides epochs; 0 = score the model untrained
-    warmup: float = Field(0.1, ge=0, lt=1)  # fraction of optimizer steps
-    weight_decay: float = Field(0.01, ge=0)
-    grad_accum: int = Field(1, ge=1)
-    max_grad_norm: Optional[float] = Field(1.0, gt=0)
-    eval_every: Optional[int] = Field(None, ge=1)  # optimizer steps; default once per epoch
-    patience: Optional[int] = Field(None, ge=1)  # evaluations without improvement
-    checkpoint_every: Optional[int] = Field(None, ge=1)  # steps; resume state is also saved at an eval that improved
-    seed: int = 42
-    # auto: bf16 autocast on CUDA, fp32 on CPU; fp16: float16 autocast with a gradient scaler on CUDA
-    # (GPUs without bf16: T4, V100), fp32 on CPU
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    report_to: list[Literal["tensorboard", "wandb"]] = []  # training logs (in the run's logs/), as transformers
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    group_by_length: bool = True
-    cuda_graphs: bool = True  # on CUDA, replay each step as a captured graph (falls back to eager when a method needs it)
+    batch_size: int = Field(32, ge=1, description="examples per optimizer step (the global batch)")
+    eval_batch_size: int = Field(128, ge=1, description="examples per evaluation batch")
+    lr: float = Field(2e-5, gt=0, le=1, description="peak learning rate (AdamW, linear warmup and decay)")
+    head_lr: Optional[float] = Field(None, gt=0, le=1, description="learning rate of new head weights (null: lr)")
+    epochs: int = Field(3, ge=1, description="passes over the training split")
+    max_steps: Optional[int] = Field(None, ge=0, description=(
+        "optimizer steps, overriding epochs; 0: score the model untrained"))
+    warmup: float = Field(0.1, ge=0, lt=1, description="fraction of optimizer steps spent warming up")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
+    grad_accum: int = Field(1, ge=1, description="micro-batches accumulated per optimizer step")
+    max_grad_norm: Optional[float] = Field(1.0, gt=0, description="gradient clipping norm (null: no clipping)")
+    eval_every: Optional[int] = Field(None, ge=1, description="evaluate every N optimizer steps (null: once per epoch)")
+    patience: Optional[int] = Field(None, ge=1, description="stop after N evaluations without improvement")
+    checkpoint_every: Optional[int] = Field(None, ge=1, description=(
+        "save resume state every N steps (also at each evaluation that improved)"))
+    seed: int = Field(42, description="seed of data order, new weights and dropout (--seeds runs several)")
+    # fp16 is for GPUs without bf16 (T4, V100)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description=(
+        "auto: bf16 autocast on CUDA, fp32 on CPU; fp16: float16 with a gradient scaler on CUDA"))
+    report_to: list[Literal["tensorboard", "wandb"]] = Field([], description=(
+        "training logs in the run's logs/: tensorboard, wandb"))
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU")
+    group_by_length: bool = Field(True, description="batch training examples of similar length (less padding)")
+    cuda_graphs: bool = Field(True, description=(
+        "on CUDA, replay each step as a captured graph (eager where a method needs it)"))
 
 
 class HeadConfig(BaseModel):
@@ -79,50 +84,52 @@ class HeadConfig(BaseModel):
     Without a name, the task's default head."""
 
     model_config = ConfigDict(extra="allow")
-    name: Optional[str] = None
+    name: Optional[str] = Field(None, description="a registered head (null: the task's head); its options beside it")
 
 
 class MethodConfig(BaseModel):
     """One training method and its parameters; parameters are validated by the method's own schema."""
 
     model_config = ConfigDict(extra="allow")
-    name: str
+    name: str = Field(description="a registered method (fgm, rdrop, lora …); its parameters beside it")
 
 
 class TaskEntry(Strict):
     """One task of a multi-task run: its head, its data options over the top-level `data:` block,
     its weight (in the loss, for weightings that read it, and in the weighted main score) and role."""
 
-    name: str
-    head: HeadConfig = HeadConfig()
-    data: dict[str, Any] = {}  # DataConfig keys (variant, train_split, max_length …) for this task only
-    weight: float = Field(1.0, gt=0)
-    role: Optional[Literal["primary", "auxiliary"]] = None
+    name: str = Field(description="a built-in task name or a task YAML path")
+    head: HeadConfig = Field(HeadConfig(), description="this task's head and its options")
+    data: dict[str, Any] = Field({}, description="data: keys (variant, train_split, max_length …) for this task only")
+    weight: float = Field(1.0, gt=0, description="weight in the loss and in the weighted main score")
+    role: Optional[Literal["primary", "auxiliary"]] = Field(None, description=(
+        "primary or auxiliary (the primary_auxiliary weighting only)"))
 
 
 class MultitaskConfig(Strict):
     """How a multi-task run draws batches and combines the tasks' losses (see clue_runner.multitask)."""
 
-    # Which task a micro-batch comes from: ∝ training examples, ∝ examples^(1/temperature), or ∝ frequencies
-    # (default proportional; not read when per_step is all)
-    schedule: Optional[Literal["proportional", "temperature", "fixed"]] = None
-    temperature: float = Field(2.0, gt=0)  # T of the temperature schedule
-    frequencies: dict[str, float] = {}  # task name -> relative frequency (schedule: fixed)
-    weighting: str = "fixed"  # a registered loss weighting (plugins.WEIGHTINGS)
-    # scheduled: one task's batch per micro-batch; all: one batch of every task (gradient-based weightings need it)
-    per_step: Optional[Literal["scheduled", "all"]] = None  # default: what the weighting needs
+    schedule: Optional[Literal["proportional", "temperature", "fixed"]] = Field(None, description=(
+        "which task a micro-batch comes from: ∝ examples, ∝ examples^(1/T), or ∝ frequencies "
+        "(null: proportional; unused with per_step all)"))
+    temperature: float = Field(2.0, gt=0, description="T of the temperature schedule")
+    frequencies: dict[str, float] = Field({}, description="task name -> relative frequency (schedule: fixed)")
+    weighting: str = Field("fixed", description=(
+        "loss weighting: fixed, initial_loss, realtime, grad_norm, mgda, primary_auxiliary"))
+    per_step: Optional[Literal["scheduled", "all"]] = Field(None, description=(
+        "scheduled: one task's batch per micro-batch; all: every task's (null: what the weighting needs)"))
 
 
 class ExperimentConfig(Strict):
-    task: Optional[str] = None
-    tasks: Optional[list[TaskEntry]] = None  # several tasks on one shared encoder, instead of `task`
-    multitask: Optional[MultitaskConfig] = None
-    model: ModelConfig = ModelConfig()
-    data: DataConfig = DataConfig()
-    train: TrainConfig = TrainConfig()
-    head: HeadConfig = HeadConfig()
-    methods: list[MethodConfig] = []
-    output_dir: str = "results"
+    task: Optional[str] = Field(None, description="a built-in task (clue-run tasks list) or a task YAML path")
+    tasks: Optional[list[TaskEntry]] = Field(None, description="several tasks on one shared encoder, instead of task")
+    multitask: Optional[MultitaskConfig] = Field(None, description="how a multi-task run draws batches and weighs losses")
+    model: ModelConfig = Field(ModelConfig(), description="the pretrained encoder")
+    data: DataConfig = Field(DataConfig(), description="where the data is and how it is read")
+    train: TrainConfig = Field(TrainConfig(), description="optimization, evaluation and checkpoints")
+    head: HeadConfig = Field(HeadConfig(), description="the head on the encoder (null name: the task's)")
+    methods: list[MethodConfig] = Field([], description="training methods with their parameters, e.g. [{name: fgm}]")
+    output_dir: str = Field("results", description="runs go to <output_dir>/<task>/<model>/<run-id>/")
     # Filled by validation (below): what the names resolve to, so nothing resolves them again.
     _resolved: Any = PrivateAttr(default=None)
     _task_configs: Any = PrivateAttr(default=None)

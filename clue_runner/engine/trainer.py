@@ -24,7 +24,6 @@ from typing import Callable, Iterator, Optional, Protocol
 import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from transformers import get_linear_schedule_with_warmup
 
 from ..features import Encoded, to_device
 from ..features.batching import EncodedSource, padded_tokens
@@ -136,6 +135,10 @@ class Trainer:
                 m.prepare(model, self._epoch_batches(), self._compute)
         self.fast_path = fast_path_blocker(cfg, methods, device, model) is None
         self.optimizer = self._optimizer()
+        # here, not at the top: transformers' optimization module pulls trainer_utils → peft (~4 s of
+        # imports) that `clue-run --help`, errors and --dry-run should not pay
+        from transformers import get_linear_schedule_with_warmup
+
         self.scheduler = get_linear_schedule_with_warmup(
             self.optimizer, int(cfg.warmup * self.total_steps), self.total_steps
         )
