@@ -27,6 +27,7 @@ from .features import encode_examples
 from .features.batching import padding_share
 from .runs import rundir
 from .runs.naming import model_slug
+from .runs.predictions import save_predictions
 from .runs.result import RESULT_FILE, SCHEMA_VERSION, environment, read_result, task_section, write_result
 from .runs.rundir import RunDir
 from .storage import atomic_write_text, kill_point
@@ -108,6 +109,7 @@ class _Prepared:
     train_enc: Optional[object]
     eval_enc: object
     threshold_enc: Optional[object]
+    outputs: Optional[np.ndarray] = None  # the last evaluation's: saved as per-example predictions when it is the best
 
     @property
     def main_metric(self) -> str:
@@ -126,6 +128,7 @@ class _Prepared:
         built = self.built
         logits, seconds = built.logits(self.eval_enc)
         kill_point("evaluated")
+        self.outputs = logits
         return score(self.task, built.predict, logits, self.eval_enc, built.calibration(self.threshold_enc)), seconds
 
     def time_eval(self) -> float:
@@ -211,6 +214,9 @@ def _train_in(cfg: ExperimentConfig, run: RunDir, prepared, on_event, log, wall_
     def save_best() -> None:
         best = trainer.state.best
         save_best_checkpoint(run.best, model, built.tokenizer, built.methods, best)
+        if isinstance(prepared, _Prepared):  # per-example dev predictions of the new best (single-task runs)
+            save_predictions(run.path, prepared.task, built.predict, prepared.outputs, prepared.eval_enc,
+                             prepared.eval_data.examples, best["step"])
 
     trainer = Trainer(model, model.loss, built.methods, prepared.train_source, evaluate, prepared.main_metric,
                       cfg.train, built.tokenizer.pad_token_id, built.device, resume_dir=run.resume,

@@ -139,12 +139,35 @@ def sweep(
                 display.finish(outcome)
                 if outcome["state"] != "done":
                     failed.append(outcome)
+    _score_after(sw)
     results = {c.run_id: read_result(c.run_dir) for c in sw.cells if c.state() == "done"}
     _report(sw, results, select, predict, predict_split)
     if failed:
         err.print(f"{len(failed)} run(s) did not finish; their logs: "
                   + ", ".join(str(Path(o["dir"]) / sweeps.LOG_FILE) for o in failed), highlight=False, soft_wrap=True)
         raise typer.Exit(1)
+
+
+def _score_after(sw) -> None:
+    """Score every finished cell on the sweep's `evaluate:` splits it has no score for yet (a re-run fills gaps)."""
+    from .. import api
+    from ..runs.scores import read_scores, write_scores
+    from ..tasks import get_task
+
+    for cell in sw.cells:
+        if cell.state() != "done" or not sw.config.evaluate:
+            continue
+        if cell.cfg.is_multitask:
+            raise ClueRunError(f"{sw.source}: evaluate: scores single-task runs only (cell {cell.index} is multi-task)")
+        for split in sw.config.evaluate:
+            if split in read_scores(cell.run_dir):
+                continue
+            scored = api.evaluate(cell.run_dir, split)
+            layout = get_task(cell.cfg.task).split_layout(split, cell.cfg.data.variant)
+            source = " minus ".join(filter(None, [str(layout.file), layout.exclude]))
+            write_scores(cell.run_dir, split, scored["metrics"], scored["examples"], source)
+            err.print(f"{cell.run_dir.name}: {split} ({source}) "
+                      + " ".join(f"{k}={v:.4f}" for k, v in scored["metrics"].items()), highlight=False, soft_wrap=True)
 
 
 def _report(sw, results: dict, select: bool, predict: bool, predict_split: str) -> None:

@@ -6,6 +6,7 @@ and field, or (with `data.on_bad_row: skip`) is counted and reported in the run 
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +122,18 @@ def _check_texts(item, inputs, allow_empty: bool) -> None:
             raise RowError(name, "the text holds a NUL character (a binary or damaged file?)")
 
 
+def _row_key(row: dict, id_field: str) -> str:
+    return json.dumps({k: v for k, v in row.items() if k != id_field}, sort_keys=True, ensure_ascii=False)
+
+
+def _without(rows, excluded: Path, layout, id_field: str):
+    """`rows` less those whose fields (the id aside: each file numbers its own rows) appear in `excluded`."""
+    seen = {_row_key(row, id_field) for _, row in read_rows(excluded, layout.format, layout.columns, layout.header)
+            if not isinstance(row, BadRow)}
+    return ((origin, where, row) for origin, where, row in rows
+            if isinstance(row, BadRow) or _row_key(row, id_field) not in seen)
+
+
 def load_split(
     task: TaskSpec,
     split: str,
@@ -153,6 +166,10 @@ def load_split(
             inputs = inputs.model_copy(update={"text_b": None})
         if layout.answers:
             answers = _answer_file(find_file(directory, layout.answers))
+        if layout.exclude:
+            excluded = find_file(directory, layout.exclude)
+            origins[-1] += f" minus {excluded}"
+            rows = _without(rows, excluded, layout, task.id_field)
 
     encode = PARSERS.get(inputs.encoder)
     parse_label = _label_parser(task) if task.label.kind != "structured" else None
