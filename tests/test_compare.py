@@ -177,3 +177,88 @@ def test_html_report_in_a_browser_sorts_without_console_errors(runs_dir, tmp_pat
         finally:
             browser.close()
     assert (tmp_path / "r.png").stat().st_size > 10_000
+
+
+# -- real (tiny) runs: per-example predictions, the FewCLUE protocol ----------------------------------------
+
+
+def tiny_config(tiny_model, data_dir, out: Path, methods=(), seed=1, variant="0"):
+    from clue_runner.config import build_config
+
+    return build_config({
+        "task": "fewclue_eprstmt", "model": {"name": str(tiny_model)},
+        "data": {"dir": str(data_dir), "variant": variant, "max_length": 32, "max_train_examples": 16,
+                 "max_eval_examples": 24},
+        "train": {"batch_size": 8, "max_steps": 2, "eval_every": 1, "seed": seed, "lr": 1e-3},
+        "methods": list(methods), "output_dir": str(out)})
+
+
+def test_predictions_are_saved_with_the_best_and_used(tiny_model, data_dir, tmp_path):
+    from clue_runner import api
+    from clue_runner.metrics import compute_metrics
+    from clue_runner.runs.predictions import load_predictions
+
+    out = tmp_path / "runs"
+    for methods in ((), ({"name": "fgm"},)):
+        for seed in (1, 2):
+            run_dir = api.train(tiny_config(tiny_model, data_dir, out, methods, seed), log=lambda _: None)
+            result, saved = api.read_run(run_dir), load_predictions(run_dir)
+            assert saved.step == result["best"]["step"] and len(saved.gold) == 24
+            # the saved predictions are the best checkpoint's: they give its run.json score
+            assert compute_metrics(["accuracy"], saved.gold, saved.pred, 2)["accuracy"] == result["best"]["metrics"]["accuracy"]
+    groups = rep.aggregate(rep.load_runs([out]))
+    [c] = compare(groups, "finetune")
+    assert c.bootstrap is not None and c.bootstrap.pairs == 2 and c.bootstrap.examples == 48
+    # without the file of one run, the comparison says the example-level test cannot be done
+    next(out.rglob("predictions.npz")).unlink()
+    [c] = compare(rep.aggregate(rep.load_runs([out])), "finetune")
+    assert c.bootstrap is None and "cannot be done" in c.bootstrap_note
+
+
+def test_heldout_is_dev_few_all_minus_the_split(data_dir):
+    from clue_runner.data.splits import load_split
+    from clue_runner.tasks import get_task
+
+    task = get_task("fewclue_bustm")
+    everything = load_split(task, "dev", variant="few_all").examples
+    for variant in ("0", "3"):
+        dev = {(e.text_a, e.text_b, e.label) for e in load_split(task, "dev", variant=variant).examples}
+        held = load_split(task, "heldout", variant=variant).examples
+        assert not dev & {(e.text_a, e.text_b, e.label) for e in held}
+        assert len(held) == sum((e.text_a, e.text_b, e.label) not in dev for e in everything)
+
+
+def test_fewclue_protocol_writes_five_runs_and_one_row(tiny_model, data_dir, tmp_path):
+    import yaml
+
+    from clue_runner import api
+    from clue_runner.runs.sweep import load_sweep
+
+    sweep = {"name": "protocol",
+             "base": {"task": "fewclue_eprstmt", "model": {"name": str(tiny_model)},
+                      "data": {"dir": str(data_dir), "max_length": 32, "max_train_examples": 16, "max_eval_examples": 16},
+                      "train": {"batch_size": 8, "max_steps": 2, "eval_every": 2}},
+             "grid": {"data.variant": ["0", "1", "2", "3", "4"]}, "seeds": [1], "evaluate": ["heldout"],
+             "output_dir": str(tmp_path / "sweep"), "workers": 2}
+    path = tmp_path / "protocol.yaml"
+    path.write_text(yaml.safe_dump(sweep), encoding="utf-8")
+    # The cells train in this process (a sweep's worker processes would each load torch: minutes on a busy
+    # CPU); the sweep command then finds them finished, scores each on heldout and reports.
+    for cell in load_sweep(path).cells:
+        api.train(cell.cfg, run_dir=cell.run_dir, log=lambda _: None)
+    ran = CliRunner().invoke(app, ["sweep", "--config", str(path)])
+    assert "5 already done" in ran.output
+    assert ran.exit_code == 0, ran.output
+    run_dirs = sorted(p.parent for p in (tmp_path / "sweep").rglob("run.json"))
+    assert len(run_dirs) == 5 and all((d / "scores.json").is_file() for d in run_dirs)
+    assert "Scored on heldout" in ran.stdout
+    report = CliRunner().invoke(app, ["report", str(tmp_path / "sweep"), "--scored-on", "heldout", "--format", "json"])
+    assert report.exit_code == 0, report.output
+    data = json.loads(report.stdout)
+    [row] = data["rows"]
+    cell = row["cells"]["fewclue_eprstmt"]
+    assert cell["n"] == 5 and sorted(p["split"] for p in cell["per_run"]) == ["0", "1", "2", "3", "4"]
+    heldout = [json.loads((d / "scores.json").read_text())["heldout"] for d in run_dirs]
+    assert cell["mean"] == pytest.approx(100 * np.mean([h["metrics"]["accuracy"] for h in heldout]), abs=1e-4)
+    assert {h["examples"] for h in heldout} <= {117, 118, 119}  # 160 minus each dev_i's rows and their duplicates
+    assert data["eval_splits"] == ["heldout"]

@@ -81,11 +81,11 @@ class SweepDisplay:
 
 def _cells_table(sw, states: dict[str, str]) -> Table:
     table = Table(title=f"sweep {sw.name}: {len(sw.cells)} cells → {sw.directory}")
-    for col in ("#", "task", "model", "method", "hyperparameters", "seed", "run id", "state"):
+    for col in ("#", "task", "model", "method", "hyperparameters", "split", "seed", "run id", "state"):
         table.add_column(col)
     for c in sw.cells:
-        table.add_row(str(c.index), c.task, c.cfg.model.name, c.cfg.method_label(), c.hparam_label or "-", str(c.seed),
-                      c.run_id, states[c.run_id])
+        table.add_row(str(c.index), c.task, c.cfg.model.name, c.cfg.method_label(), c.hparam_label or "-",
+                      c.cfg.data.variant or "-", str(c.seed), c.run_id, states[c.run_id])
     return table
 
 
@@ -170,6 +170,21 @@ def _score_after(sw) -> None:
                       + " ".join(f"{k}={v:.4f}" for k, v in scored["metrics"].items()), highlight=False, soft_wrap=True)
 
 
+def _report_scored(runs, splits: list[str]) -> None:
+    """The same rows scored on each `evaluate:` split (e.g. FewCLUE's heldout), after the eval split's."""
+    from .. import report as rep
+    from ..report.scored import describe, scored_on
+    from .report import _score_grid
+    from .tables import print_grid
+
+    for split in splits:
+        rescored, sources = scored_on(runs, split)
+        result = rep.build_report(rep.aggregate(rescored), None, [])
+        result.extra_notes = [describe(split, sources)]
+        print_grid(_score_grid(result), out)
+        out.print("\n".join(rep.notes(result)), markup=False, highlight=False)
+
+
 def _report(sw, results: dict, select: bool, predict: bool, predict_split: str) -> None:
     """The sweep's runs as `clue-run report` shows them, each hyperparameter setting its own row."""
     from .. import report as rep
@@ -204,6 +219,7 @@ def _report(sw, results: dict, select: bool, predict: bool, predict_split: str) 
     result = rep.build_report(rep.aggregate(labelled), None, [])
     print_grid(_score_grid(result), out)
     out.print("\n".join(rep.notes(result)), markup=False, highlight=False)
+    _report_scored(labelled, sw.config.evaluate)
     if select and predict:
         from .. import api
 

@@ -41,8 +41,8 @@ MANIFEST_FILE = "sweep.json"
 # Shorthands in `grid:`: the dotted config key each one sets.
 ALIASES = {"tasks": "task", "models": "model.name", "model": "model.name", "seeds": "train.seed", "seed": "train.seed",
            "lr": "train.lr"}
-# Keys the report already tells apart (its rows and columns): everything else is a hyperparameter.
-REPORT_KEYS = ("task", "model.name", "methods", "train.seed")
+# Keys the report already tells apart (rows, columns, pairs): everything else is a hyperparameter.
+REPORT_KEYS = ("task", "model.name", "methods", "data.variant", "train.seed")  # data.variant: the FewCLUE split
 LAUNCHERS = ("local", "ray", "slurm")
 
 
