@@ -95,6 +95,11 @@ def report(
 
         why = f"the scores are on {scored_on}, the saved predictions on the eval split" if scored_on else ""
         comparisons = pair(groups, compare, with_aso=aso, no_examples=why)
+        order = {t: i for i, t in enumerate(result.tasks)}
+        comparisons.sort(key=lambda c: order.get(c.task, len(order)))  # the report's column order
+        if fmt == "csv":
+            err.print("--compare: CSV holds the scores with their intervals; the comparisons are in the table, "
+                      "markdown, json and html formats", highlight=False)
     _emit(result, runs, comparisons, fmt, output, throughput, aso)
     if plot is not None:
         if comparisons is not None:

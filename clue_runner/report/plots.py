@@ -116,6 +116,11 @@ def plot_report(report: Report, runs: list[Run], path: Path) -> Path:
     return path
 
 
+def _tail(label: str, width: int) -> str:
+    """A long system name's end, where multi-task labels keep the weighting and the draw."""
+    return label if len(label) <= width else "…" + label[-(width - 1):]
+
+
 def _forest(comparisons) -> "object":
     """A figure: one line per comparison (grouped by task), its paired Δ and 95 % interval, the zero line;
     significant ones (Holm p < 0.05) filled and starred, the others hollow."""
@@ -141,7 +146,7 @@ def _forest(comparisons) -> "object":
             if c.result.significant:
                 ax.annotate("*", (high, y), xytext=(4, -4), textcoords="offset points", fontsize=12)
             ticks.append(y)
-            names.append(f"{task}: {textwrap.shorten(short(c.system), 48)}")
+            names.append(f"{task}: {_tail(short(c.system), 48)}")
             y -= 1
         y -= 0.6  # a gap between tasks
     ax.axvline(0, color="black", linewidth=0.8)
@@ -149,7 +154,7 @@ def _forest(comparisons) -> "object":
     reference = ", ".join(sorted({short(c.reference) for c in comparisons}))
     where = f" (model {next(iter(models))})" if len(models) == 1 else ""
     ax.set_xlabel(textwrap.fill(f"paired difference from {textwrap.shorten(reference, 60)}{where}: score ×100, "
-                                "mean over runs with its 95% t interval", 110))
+                                "mean over runs with its 95% t interval", 80))
     ax.set_title("System − reference per task (filled, *: Holm-corrected sign-flip p < 0.05)", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     return fig
