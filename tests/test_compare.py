@@ -112,6 +112,18 @@ def test_mismatched_pairs_are_refused_in_one_line(runs_dir):
     assert code.exit_code != 0 and "pairs need the same split × seed sets" in code.output
     with pytest.raises(ClueRunError, match="names no system"):
         compare(groups_of(runs_dir), "finetun")
+    write_run(runs_dir, "finetune", "0", 1, 0.7, task="fewclue_bustm")  # the reference alone has a second task
+    with pytest.raises(ClueRunError, match="pairs need the same tasks"):
+        compare(groups_of(runs_dir), "finetune")
+
+
+def test_a_newcomer_compares_the_shipped_runs_in_html(tmp_path):
+    shipped = Path(__file__).resolve().parents[1] / "results" / "examples" / "cpu-methods"
+    page = tmp_path / "r.html"
+    result = CliRunner().invoke(app, ["report", "--compare", "finetune", "--format", "html", "-o", str(page), str(shipped)])
+    assert result.exit_code == 0, result.output
+    text = page.read_text(encoding="utf-8")
+    assert "finetune+lora" in text and "cannot be done" in text  # old runs: no example-level test, said plainly
 
 
 def test_paired_bootstrap_matches_scipy_with_a_fixed_seed():
@@ -262,3 +274,10 @@ def test_fewclue_protocol_writes_five_runs_and_one_row(tiny_model, data_dir, tmp
     assert cell["mean"] == pytest.approx(100 * np.mean([h["metrics"]["accuracy"] for h in heldout]), abs=1e-4)
     assert {h["examples"] for h in heldout} <= {117, 118, 119}  # 160 minus each dev_i's rows and their duplicates
     assert data["eval_splits"] == ["heldout"]
+
+
+def test_aso_column_comes_from_deepsig(runs_dir):
+    deepsig = pytest.importorskip("deepsig", reason="deepsig is not installed (pip install 'clue-run[stats]')")
+    [c] = compare(groups_of(runs_dir), "finetune", with_aso=True)
+    a, b = [100 * s for s in SCORES["finetune+fgm"]], [100 * s for s in SCORES["finetune"]]
+    assert c.result.aso == pytest.approx(deepsig.aso(a, b, num_bootstrap_iterations=200, seed=0, show_progress=False))

@@ -206,5 +206,6 @@ def load_split(
             del data.examples[limit:]
             break
     if not data.examples:
-        raise DataError(f"{data.source}: no usable examples")
+        why = f" (every row is also in {layout.exclude}: choose another data.variant)" if source != "hub" and layout.exclude else ""
+        raise DataError(f"{data.source}: no usable examples{why}")
     return data

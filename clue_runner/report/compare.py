@@ -118,6 +118,19 @@ def _compare_pair(system: Group, ref: Group, with_aso: bool, no_examples: str) -
     return comparison
 
 
+def _check_tasks(groups: list[Group], refs: list[str], reference: str) -> None:
+    """Every compared system must have the reference's tasks, and no others (else: one line, both sets)."""
+    tasks: dict[str, set[str]] = {}
+    for g in groups:
+        tasks.setdefault(label(g), set()).add(g.task)
+    for ref in refs:
+        others = [o for o in tasks if o != ref] if reference != ALL else refs[refs.index(ref) + 1:]
+        for other in others:
+            if tasks[other] != tasks[ref]:
+                raise ClueRunError(f"--compare: {other} has tasks {', '.join(sorted(tasks[other]))} but {ref} has "
+                                   f"{', '.join(sorted(tasks[ref]))}; pairs need the same tasks (filter with --task)")
+
+
 def compare(groups: list[Group], reference: str, with_aso: bool = False, no_examples: str = "") -> list[Comparison]:
     """Every system against the reference (or, with `all`, every pair once) on each task both have; Holm's
     correction across all of them. `no_examples`: why the example-level bootstrap does not apply (e.g. the
@@ -126,6 +139,7 @@ def compare(groups: list[Group], reference: str, with_aso: bool = False, no_exam
     by_task: dict[str, dict[str, Group]] = {}
     for g in groups:
         by_task.setdefault(g.task, {})[label(g)] = g
+    _check_tasks(groups, refs, reference)
     comparisons = []
     for task, systems in by_task.items():
         for i, ref in enumerate(refs):

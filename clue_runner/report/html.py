@@ -22,7 +22,7 @@ h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px}
 table{border-collapse:collapse;font-size:13px;margin:6px 0}
 th,td{padding:4px 9px;border-bottom:1px solid #dde1e6;text-align:right;white-space:nowrap}
 th:first-child,td:first-child{text-align:left}
-th{background:#f1f3f5;cursor:pointer;user-select:none;position:sticky;top:0}
+th{background:#f1f3f5;cursor:pointer;user-select:none}
 th.sorted-asc::after{content:" ▲";font-size:10px} th.sorted-desc::after{content:" ▼";font-size:10px}
 tbody.published td{color:#6b7280;font-style:italic;background:#fafafa}
 tr.section td{background:#eef2f7;color:#374151;font-weight:600;font-style:normal;cursor:default}

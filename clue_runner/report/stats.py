@@ -133,6 +133,10 @@ def aso(system: Sequence[float], reference: Sequence[float]) -> Optional[float]:
         from deepsig import aso as deepsig_aso
     except ImportError:
         return None
-    value = deepsig_aso(list(system), list(reference), confidence_level=LEVEL, num_bootstrap_iterations=200,
-                        seed=SEED, num_jobs=1, show_progress=False)
+    import warnings
+
+    with warnings.catch_warnings():  # identical score lists divide by zero inside deepsig; ε is still defined
+        warnings.simplefilter("ignore")
+        value = deepsig_aso(list(system), list(reference), confidence_level=LEVEL, num_bootstrap_iterations=200,
+                            seed=SEED, num_jobs=1, show_progress=False)
     return None if value is None or math.isnan(value) else float(value)
