@@ -134,6 +134,20 @@ def _without(rows, excluded: Path, layout, id_field: str):
             if isinstance(row, BadRow) or _row_key(row, id_field) not in seen)
 
 
+def _local_rows(task: TaskSpec, layout, directory: Path):
+    """A split's files in the data directory: their names, (file, position, row) and the answer file if any."""
+    paths = [find_file(directory, name) for name in ([layout.file] if isinstance(layout.file, str) else layout.file)]
+    origins = [str(p) for p in paths]
+    columns = layout.columns or ([task.inputs.text_a] if layout.format == "lines" else None)
+    rows = ((str(p), where, row) for p in paths for where, row in read_rows(p, layout.format, columns, layout.header))
+    answers = _answer_file(find_file(directory, layout.answers)) if layout.answers else None
+    if layout.exclude:
+        excluded = find_file(directory, layout.exclude)
+        origins[-1] += f" minus {excluded}"
+        rows = _without(rows, excluded, layout, task.id_field)
+    return origins, rows, answers
+
+
 def load_split(
     task: TaskSpec,
     split: str,
@@ -157,19 +171,9 @@ def load_split(
         rows = ((origins[0], where, row) for where, row in hub_rows)
     else:
         layout = task.split_layout(split, variant)
-        directory = resolve_data_dir(data_dir) / task.data.dir
-        paths = [find_file(directory, name) for name in ([layout.file] if isinstance(layout.file, str) else layout.file)]
-        origins = [str(p) for p in paths]
-        columns = layout.columns or ([task.inputs.text_a] if layout.format == "lines" else None)
-        rows = ((str(p), where, row) for p in paths for where, row in read_rows(p, layout.format, columns, layout.header))
+        origins, rows, answers = _local_rows(task, layout, resolve_data_dir(data_dir) / task.data.dir)
         if layout.unpaired:
             inputs = inputs.model_copy(update={"text_b": None})
-        if layout.answers:
-            answers = _answer_file(find_file(directory, layout.answers))
-        if layout.exclude:
-            excluded = find_file(directory, layout.exclude)
-            origins[-1] += f" minus {excluded}"
-            rows = _without(rows, excluded, layout, task.id_field)
 
     encode = PARSERS.get(inputs.encoder)
     parse_label = _label_parser(task) if task.label.kind != "structured" else None
