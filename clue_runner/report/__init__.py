@@ -89,7 +89,8 @@ def _run_from_result(path: Path, result: dict) -> Run:
             eval_split=result["task"]["eval_split"], best=result["best"]["metrics"],
             history=result.get("history", []), throughput=result.get("throughput") or {},
             model_slug=result["model"]["slug"],
-            variant=((result.get("config") or {}).get("data") or {}).get("variant"),
+            # the resolved split (a task's default spelled out), else the config's
+            variant=result["task"].get("variant") or ((result.get("config") or {}).get("data") or {}).get("variant"),
         )
     except (KeyError, TypeError) as err:
         raise ClueRunError(f"{path}: run result lacks field {err}") from None
