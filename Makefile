@@ -54,10 +54,11 @@ docs: install
 	  $(BIN)/clue-run report $(REPORT_METHODS) --plot docs/methods-cpu.png; } > docs/METHODS.md
 	{ cat docs/PROMPTS.head.md; echo '```'; echo '$$ clue-run report $(REPORT_PROMPTS)'; echo '```'; echo; \
 	  $(BIN)/clue-run report $(REPORT_PROMPTS) --plot docs/prompts-cpu.png; } > docs/PROMPTS.md
-	{ cat docs/MULTITASK.head.md; echo '```'; echo '$$ clue-run report $(REPORT_MULTITASK)'; echo '```'; echo; \
-	  $(BIN)/clue-run report $(REPORT_MULTITASK) --plot docs/multitask-cpu.png; echo; \
+	{ cat docs/MULTITASK.head.md; echo '```'; echo '$$ clue-run report $(REPORT_MULTITASK) --compare finetune'; echo '```'; echo; \
+	  $(BIN)/clue-run report $(REPORT_MULTITASK) --compare finetune --plot docs/multitask-compare.png; echo; \
 	  echo '```'; echo '$$ clue-run report $(REPORT_MULTITASK_300)'; echo '```'; echo; \
 	  $(BIN)/clue-run report $(REPORT_MULTITASK_300); } > docs/MULTITASK.md
+	$(BIN)/clue-run report $(REPORT_MULTITASK) --plot docs/multitask-cpu.png > /dev/null
 	{ cat docs/LONG_INPUTS.head.md; echo '```'; echo '$$ clue-run report $(REPORT_LONG)'; echo '```'; echo; \
 	  $(BIN)/clue-run report $(REPORT_LONG); echo; echo '```'; echo '$$ clue-run report $(REPORT_LONG_F1)'; echo '```'; echo; \
 	  $(BIN)/clue-run report $(REPORT_LONG_F1); } > docs/LONG_INPUTS.md

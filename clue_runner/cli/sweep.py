@@ -81,11 +81,11 @@ class SweepDisplay:
 
 def _cells_table(sw, states: dict[str, str]) -> Table:
     table = Table(title=f"sweep {sw.name}: {len(sw.cells)} cells → {sw.directory}")
-    for col in ("#", "task", "model", "method", "hyperparameters", "seed", "run id", "state"):
+    for col in ("#", "task", "model", "method", "hyperparameters", "split", "seed", "run id", "state"):
         table.add_column(col)
     for c in sw.cells:
-        table.add_row(str(c.index), c.task, c.cfg.model.name, c.cfg.method_label(), c.hparam_label or "-", str(c.seed),
-                      c.run_id, states[c.run_id])
+        table.add_row(str(c.index), c.task, c.cfg.model.name, c.cfg.method_label(), c.hparam_label or "-",
+                      c.cfg.data.variant or "-", str(c.seed), c.run_id, states[c.run_id])
     return table
 
 
@@ -139,12 +139,50 @@ def sweep(
                 display.finish(outcome)
                 if outcome["state"] != "done":
                     failed.append(outcome)
+    _score_after(sw)
     results = {c.run_id: read_result(c.run_dir) for c in sw.cells if c.state() == "done"}
     _report(sw, results, select, predict, predict_split)
     if failed:
         err.print(f"{len(failed)} run(s) did not finish; their logs: "
                   + ", ".join(str(Path(o["dir"]) / sweeps.LOG_FILE) for o in failed), highlight=False, soft_wrap=True)
         raise typer.Exit(1)
+
+
+def _score_after(sw) -> None:
+    """Score every finished cell on the sweep's `evaluate:` splits it has no score for yet (a re-run fills gaps)."""
+    from .. import api
+    from ..runs.scores import read_scores, write_scores
+    from ..tasks import get_task
+
+    for cell in sw.cells:
+        if cell.state() != "done" or not sw.config.evaluate:
+            continue
+        if cell.cfg.is_multitask:
+            raise ClueRunError(f"{sw.source}: evaluate: scores single-task runs only (cell {cell.index} is multi-task)")
+        for split in sw.config.evaluate:
+            if split in read_scores(cell.run_dir):
+                continue
+            scored = api.evaluate(cell.run_dir, split)
+            layout = get_task(cell.cfg.task).split_layout(split, cell.cfg.data.variant)
+            source = " minus ".join(filter(None, [str(layout.file), layout.exclude]))
+            write_scores(cell.run_dir, split, scored["metrics"], scored["examples"], source)
+            err.print(f"{cell.run_dir.name}: {split} ({source}) "
+                      + " ".join(f"{k}={v:.4f}" for k, v in scored["metrics"].items()), highlight=False, soft_wrap=True)
+
+
+def _report_scored(runs, splits: list[str]) -> None:
+    """The same rows scored on each `evaluate:` split (e.g. FewCLUE's heldout), after the eval split's."""
+    from .. import report as rep
+    from ..report.scored import describe, scored_on
+    from .report import score_grid
+    from .tables import print_grid
+
+    for split in splits:
+        rescored, sources = scored_on(runs, split)
+        result = rep.build_report(rep.aggregate(rescored), None, [])
+        result.extra_notes = [describe(split, sources)]
+        print_grid(score_grid(result), out)
+        out.print("\n".join(rep.notes(result)), markup=False, highlight=False)
 
 
 def _report(sw, results: dict, select: bool, predict: bool, predict_split: str) -> None:
@@ -181,6 +219,7 @@ def _report(sw, results: dict, select: bool, predict: bool, predict_split: str) 
     result = rep.build_report(rep.aggregate(labelled), None, [])
     print_grid(score_grid(result), out)
     out.print("\n".join(rep.notes(result)), markup=False, highlight=False)
+    _report_scored(labelled, sw.config.evaluate)
     if select and predict:
         from .. import api
 

@@ -7,6 +7,7 @@ than a head can read are cut here, before tokenizing (`data.limits`); `SplitData
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,6 +132,18 @@ def _check_texts(item, inputs, allow_empty: bool) -> None:
             raise RowError(name, "the text holds a NUL character (a binary or damaged file?)")
 
 
+def _row_key(row: dict, id_field: str) -> str:
+    return json.dumps({k: v for k, v in row.items() if k != id_field}, sort_keys=True, ensure_ascii=False)
+
+
+def _without(rows, excluded: Path, layout, id_field: str):
+    """`rows` less those whose fields (the id aside: each file numbers its own rows) appear in `excluded`."""
+    seen = {_row_key(row, id_field) for _, row in read_rows(excluded, layout.format, layout.columns, layout.header)
+            if not isinstance(row, BadRow)}
+    return ((origin, where, row) for origin, where, row in rows
+            if isinstance(row, BadRow) or _row_key(row, id_field) not in seen)
+
+
 def split_paths(task: TaskSpec, split: str, data_dir: Optional[str] = None,
                 variant: Optional[str] = None) -> tuple[list[Path], Optional[Path]]:
     """The local files of a split (and its separate answer file): checked before anything heavy loads."""
@@ -148,6 +161,7 @@ class _Source:
     rows: Iterator[tuple[str, Any, Any]]
     inputs: Any  # the task's InputSpec, for this split's layout
     answers: Optional[dict] = None
+    exclude: Optional[str] = None  # a file whose rows the split leaves out (FewCLUE heldout)
 
 
 def _split_source(task: TaskSpec, split: str, data_dir, variant, source: str) -> _Source:
@@ -163,7 +177,12 @@ def _split_source(task: TaskSpec, split: str, data_dir, variant, source: str) ->
     rows = ((str(p), where, row) for p in paths for where, row in read_rows(p, layout.format, columns, layout.header))
     inputs = task.inputs.model_copy(update={"text_b": None}) if layout.unpaired else task.inputs
     answers = _answer_file(answers_path) if answers_path is not None else None
-    return _Source([str(p) for p in paths], rows, inputs, answers)
+    origins = [str(p) for p in paths]
+    if layout.exclude:
+        excluded = find_file(resolve_data_dir(data_dir) / task.data.dir, layout.exclude)
+        origins[-1] += f" minus {excluded}"
+        rows = _without(rows, excluded, layout, task.id_field)
+    return _Source(origins, rows, inputs, answers, layout.exclude)
 
 
 def load_split(
@@ -213,7 +232,8 @@ def load_split(
             del data.examples[limit:]
             break
     if not data.examples:
-        raise DataError(f"{data.source}: no usable examples")
+        why = f" (every row is also in {src.exclude}: choose another data.variant)" if src.exclude else ""
+        raise DataError(f"{data.source}: no usable examples{why}")
     return data
 
 

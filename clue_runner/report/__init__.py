@@ -1,7 +1,8 @@
 """Reports over finished runs: load every run.json, group by task × model × method, pivot tasks into columns.
 
 Scores are each run's best checkpoint (chosen by the task's main metric) ×100; a group shows the
-mean, the sample standard deviation (ddof=1) and n. Published baselines (clue_runner/report/baselines/*.yaml)
+mean, the sample standard deviation (ddof=1), n and the 95 % t interval of the mean over its runs
+(seeds × FewCLUE splits; report/stats.py). Published baselines (clue_runner/report/baselines/*.yaml)
 become extra rows, marked as published, and never enter the user's groups or averages.
 """
 
@@ -25,8 +26,9 @@ from ..errors import ClueRunError
 from ..registry import did_you_mean
 from ..runs.result import (RESULT_FILE, HistoryEntry, ModelInfo, RunResult, TaskInfo, Throughput, describe_adaptation,
                            read_result)
+from .stats import t_interval
 
-FORMATS = ("table", "markdown", "csv", "json")
+FORMATS = ("table", "markdown", "csv", "json", "html")
 
 
 # -- runs ------------------------------------------------------------------------------------
@@ -50,6 +52,7 @@ class Run:
     history: list[HistoryEntry]
     throughput: Throughput
     model_slug: str  # the bare slug: results are grouped under it on disk
+    variant: Optional[str] = None  # the data split variant trained on (FewCLUE 0-4, few_all); None: the task's default
 
     @property
     def system(self) -> tuple[str, str]:
@@ -81,7 +84,9 @@ def _run(path: Path, result: RunResult, task: TaskInfo, best: dict[str, float], 
     return Run(path=path, run_id=result.run_id, task=task.name, model=_model_label(result.model),
                model_name=result.model.name, method=result.method, seed=result.seed, created_at=result.created_at,
                main_metric=task.main_metric, eval_split=task.eval_split, best=best, history=history,
-               throughput=result.throughput, model_slug=result.model.slug)
+               throughput=result.throughput, model_slug=result.model.slug,
+               # the resolved split (a task's default spelled out), else the config's
+               variant=task.variant or ((result.config or {}).get("data") or {}).get("variant"))
 
 
 def load_runs(dirs: Iterable[Path], skip: Iterable[Path] = ()) -> list[Run]:
@@ -120,13 +125,13 @@ def filter_runs(runs: list[Run], tasks: list[str] = (), models: list[str] = (), 
 
 
 def latest_runs(runs: list[Run]) -> list[Run]:
-    """The newest run per task × model × method × seed (a re-run replaces the older one)."""
+    """The newest run per task × model × method × split × seed (a re-run replaces the older one)."""
     newest: dict[tuple, Run] = {}
     for run in runs:
-        key = (run.task, run.model, run.method, run.seed)
+        key = (run.task, run.model, run.method, run.variant, run.seed)
         if key not in newest or (run.created_at, run.run_id) > (newest[key].created_at, newest[key].run_id):
             newest[key] = run
-    return [r for r in runs if newest[(r.task, r.model, r.method, r.seed)] is r]
+    return [r for r in runs if newest[(r.task, r.model, r.method, r.variant, r.seed)] is r]
 
 
 # -- groups ----------------------------------------------------------------------------------
@@ -152,6 +157,10 @@ class Group:
     @property
     def std(self) -> Optional[float]:
         return statistics.stdev(self.scores) if self.n > 1 else None  # sample std; undefined for one run
+
+    @property
+    def interval(self) -> Optional[tuple[float, float]]:
+        return t_interval(self.scores)
 
     def throughput_mean(self, key: str) -> Optional[float]:
         values = [getattr(r.throughput, key) for r in self.runs if getattr(r.throughput, key) is not None]
@@ -244,6 +253,9 @@ class Cell:
     train_tokens_per_s: Optional[float] = None
     train_cpu_seconds: Optional[float] = None  # mean per run: on a shared machine, the comparable cost
     eval_samples_per_s: Optional[float] = None  # items (windows, for reading comprehension) scored per second
+    ci_low: Optional[float] = None  # the 95 % t interval of the mean over the runs
+    ci_high: Optional[float] = None
+    per_run: list[dict] = field(default_factory=list)  # {"split", "seed", "score", "run"} per run
 
 
 @dataclass
@@ -279,6 +291,7 @@ class Report:
     eval_splits: list[str]
     rows: list[Row]
     sources: list[BaselineSource]
+    extra_notes: list[str] = field(default_factory=list)  # e.g. which split the cells were scored on
 
     @property
     def has_avg(self) -> bool:
@@ -286,10 +299,13 @@ class Report:
 
 
 def _group_cell(group: Group) -> Cell:
+    low, high = group.interval or (None, None)
+    per_run = [{"split": r.variant, "seed": r.seed, "score": round(s, 6), "run": r.run_id} for r, s in zip(group.runs, group.scores)]
     return Cell(group.mean, group.std, group.n, group.scores,
                 group.throughput_mean("train_samples_per_s"), group.throughput_mean("padding_share"),
                 group.seconds_per_epoch(), group.throughput_mean("train_tokens_per_s"),
-                group.throughput_mean("train_cpu_seconds"), group.throughput_mean("eval_samples_per_s"))
+                group.throughput_mean("train_cpu_seconds"), group.throughput_mean("eval_samples_per_s"),
+                low, high, per_run)
 
 
 def build_report(groups: list[Group], tasks: Optional[list[str]] = None,
@@ -340,7 +356,7 @@ def format_cell(cell: Optional[Cell]) -> str:
         return ""
     if cell.n is None:
         return format_score(cell.mean)
-    spread = f" ± {cell.std:.2f}" if cell.std is not None else ""
+    spread = f" [{cell.ci_low:.2f}, {cell.ci_high:.2f}]" if cell.ci_low is not None else ""
     return f"{cell.mean:.2f}{spread} (n={cell.n})"
 
 
@@ -350,8 +366,9 @@ def notes(report: Report) -> list[str]:
     if report.metrics:
         metrics = ", ".join(f"{t} {m}" for t, m in report.metrics.items())
         lines.append(f"Cells: best {'/'.join(report.eval_splits)} score ×100 per run ({metrics}); "
-                     "mean ± sample std over n runs." + (" avg: only where every shown task is present."
+                     "mean [95 % t interval of the mean] over n runs (seeds × splits; none for n=1)." + (" avg: only where every shown task is present."
                                                          if report.has_avg else ""))
+    lines += report.extra_notes
     if report.sources:
         lines.append("Published rows are copied from their sources, never part of your groups or averages:")
         lines += [f"- {s.name}: {s.title}; {s.metric}; {s.source}" + (f". {s.note}" if s.note else "")
@@ -399,8 +416,8 @@ def _csv_value(value):
 
 
 def to_csv(report: Report, throughput: bool = False) -> str:
-    """One row per system; per task: mean, std, n (and, with throughput, samples/s and padding share)."""
-    per_task = ["mean", "std", "n"] + (
+    """One row per system; per task: mean, std, n, the 95 % interval (and, with throughput, samples/s and padding share)."""
+    per_task = ["mean", "std", "n", "ci_low", "ci_high"] + (
         ["train_samples_per_s", "train_tokens_per_s", "seconds_per_epoch", "train_cpu_seconds", "padding_share",
          "eval_samples_per_s"] if throughput else [])
     avg = ["avg"] if report.has_avg else []
@@ -426,8 +443,16 @@ def _round(value, digits: int = 6):
     return round(value, digits) if isinstance(value, float) else value
 
 
-def to_json(report: Report) -> str:
-    """Everything: cells carry their per-run scores and throughput."""
+def _round_deep(value):
+    if isinstance(value, dict):
+        return {k: _round_deep(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_round_deep(v) for v in value]
+    return _round(value)
+
+
+def to_json(report: Report, comparisons: Optional[list[dict]] = None) -> str:
+    """Everything: cells carry their per-run scores and throughput; `comparisons` (report/compare.py) if made."""
 
     def cell(c: Cell) -> dict:
         return {k: _round(v) for k, v in vars(c).items() if v is not None and v != []}
@@ -441,4 +466,6 @@ def to_json(report: Report) -> str:
                   "avg": _round(r.avg(report.tasks)) if report.has_avg else None} for r in report.rows],
         "sources": [s.model_dump(exclude={"rows"}) for s in report.sources],
     }
+    if comparisons is not None:
+        data["comparisons"] = _round_deep(comparisons)
     return json.dumps(data, ensure_ascii=False, indent=2) + "\n"

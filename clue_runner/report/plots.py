@@ -114,3 +114,77 @@ def plot_report(report: Report, runs: list[Run], path: Path) -> Path:
     finally:
         plt.close(fig)
     return path
+
+
+def _tail(label: str, width: int) -> str:
+    """A long system name's end, where multi-task labels keep the weighting and the draw."""
+    return label if len(label) <= width else "…" + label[-(width - 1):]
+
+
+def _forest(comparisons) -> "object":
+    """A figure: one line per comparison (grouped by task), its paired Δ and 95 % interval, the zero line;
+    significant ones (Holm p < 0.05) filled and starred, the others hollow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(c.task for c in comparisons))
+    systems = list(dict.fromkeys(f"{c.system} − {c.reference}" for c in comparisons))
+    colours = {s: matplotlib.colormaps["tab10"](i % 10) for i, s in enumerate(systems)}
+    models = {c.system.split(" · ")[0] for c in comparisons} | {c.reference.split(" · ")[0] for c in comparisons}
+    short = (lambda label: label.split(" · ", 1)[-1]) if len(models) == 1 else (lambda label: label)  # noqa: E731
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.32 * len(comparisons) + 0.2 * len(tasks)), dpi=DPI, layout="constrained")
+    y, ticks, names = 0.0, [], []
+    for task in tasks:
+        for c in (c for c in comparisons if c.task == task):
+            name = f"{c.system} − {c.reference}"
+            low, high = c.result.interval or (c.result.mean, c.result.mean)
+            ax.plot([low, high], [y, y], color=colours[name], linewidth=2)
+            ax.plot(c.result.mean, y, "o", color=colours[name], markersize=7,
+                    markerfacecolor=colours[name] if c.result.significant else "white")
+            if c.result.significant:
+                ax.annotate("*", (high, y), xytext=(4, -4), textcoords="offset points", fontsize=12)
+            ticks.append(y)
+            names.append(f"{task}: {_tail(short(c.system), 48)}")
+            y -= 1
+        y -= 0.6  # a gap between tasks
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(ticks, names, fontsize=8)
+    reference = ", ".join(sorted({short(c.reference) for c in comparisons}))
+    where = f" (model {next(iter(models))})" if len(models) == 1 else ""
+    ax.set_xlabel(textwrap.fill(f"paired difference from {textwrap.shorten(reference, 60)}{where}: score ×100, "
+                                "mean over runs with its 95% t interval", 80))
+    ax.set_title("System − reference per task (filled, *: Holm-corrected sign-flip p < 0.05)", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def plot_forest(comparisons, path: Path) -> Path:
+    """Write the forest plot of `clue-run report --compare` to a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = _forest(comparisons)
+    try:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=DPI)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def forest_svg(comparisons) -> str:
+    """The forest plot as inline SVG text (the HTML report embeds it: no files, no network)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    fig = _forest(comparisons)
+    try:
+        buffer = io.StringIO()
+        fig.savefig(buffer, format="svg", metadata={"Date": None})  # the same runs give the same page
+    finally:
+        plt.close(fig)
+    text = buffer.getvalue()
+    return text[text.index("<svg"):]  # without the XML prolog and doctype

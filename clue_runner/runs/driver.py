@@ -100,6 +100,8 @@ def fit(cfg: ExperimentConfig, prepared, run: RunDir, on_event, log: Callable[[s
     for event in trainer.run():
         if event.kind == "eval":
             log(eval_line(event))
+            if event.improved and writes:  # best/ holds this step now: its per-example predictions beside it
+                keep_predictions(run.path, prepared, state_step=event.state.best["step"])
         if on_event is not None:
             on_event(event)
     trainer.close_loggers()
@@ -111,6 +113,15 @@ def fit(cfg: ExperimentConfig, prepared, run: RunDir, on_event, log: Callable[[s
     main = prepared.evaluator.main_metric
     log(f"best {main} {state.best['metrics'][main]:.4f} at step {state.best['step']} → {run.path / RESULT_FILE}")
     return run.path
+
+
+def keep_predictions(run_dir: Path, prepared, state_step: int) -> None:
+    """`predictions.npz` for paired bootstraps over examples (single-task runs; report/compare.py reads it)."""
+    from .predictions import save_predictions
+
+    last = prepared.evaluator.last_predictions
+    if not prepared.built.multitask and last is not None:
+        save_predictions(run_dir, prepared.task, prepared.evaluator.enc, last.predictions, last.ids, state_step)
 
 
 def eval_line(event) -> str:

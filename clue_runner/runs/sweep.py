@@ -41,8 +41,8 @@ MANIFEST_FILE = "sweep.json"
 # Shorthands in `grid:`: the dotted config key each one sets.
 ALIASES = {"tasks": "task", "models": "model.name", "model": "model.name", "seeds": "train.seed", "seed": "train.seed",
            "lr": "train.lr"}
-# Keys the report already tells apart (its rows and columns): everything else is a hyperparameter.
-REPORT_KEYS = ("task", "model.name", "methods", "train.seed")
+# Keys the report already tells apart (rows, columns, pairs): everything else is a hyperparameter.
+REPORT_KEYS = ("task", "model.name", "methods", "data.variant", "train.seed")  # data.variant: the FewCLUE split
 LAUNCHERS = ("local", "ray", "slurm")
 
 
@@ -77,6 +77,9 @@ class SweepConfig(_Strict):
     workers: Optional[int] = Field(None, ge=1)  # concurrent runs (local CPU workers; ray/slurm: a cap)
     gpus: Optional[list[int]] = None  # local: the GPUs to give one slot each (default: all visible)
     retries: int = Field(1, ge=0)  # extra attempts for a failed run (a resumable one resumes)
+    # after the runs: score each finished run's best checkpoint on these splits too (its scores.json), e.g.
+    # FewCLUE's `heldout`; `clue-run report --scored-on SPLIT` reports them
+    evaluate: list[str] = []
     ray: RayOptions = RayOptions()
     slurm: SlurmOptions = SlurmOptions()
 

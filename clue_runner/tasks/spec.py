@@ -43,6 +43,9 @@ class SplitFile(_Strict):
     header: Optional[bool] = None
     unpaired: bool = False  # rows hold only the first text (unlabelled SimCSE sentences of a pair task)
     answers: Optional[str] = None  # a separate answer file (official CHID: {blank id: candidate index})
+    # rows also found in this file (compared without the id field) are left out: FewCLUE's `heldout` is
+    # dev_few_all minus dev_{variant}, the dev examples a split's run did not select its checkpoint on
+    exclude: Optional[str] = None
 
     @field_validator("format")
     @classmethod
@@ -300,6 +303,7 @@ class TaskSpec(_Strict):
             header=entry.header if entry.header is not None else self.data.header,
             unpaired=entry.unpaired,
             answers=entry.answers.format(variant=self.resolve_variant(variant)) if entry.answers else None,
+            exclude=entry.exclude.format(variant=self.resolve_variant(variant)) if entry.exclude else None,
         )
 
 
