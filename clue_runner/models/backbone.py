@@ -90,6 +90,12 @@ def has_class(config, kind: str) -> bool:
     return type(config) in auto._model_mapping
 
 
+def is_decoder(config) -> bool:
+    """A decoder-only LM (GPT-2, Qwen2, Llama …): transformers has a causal-LM class for it and no
+    masked-LM one (BERT-style encoders have both)."""
+    return has_class(config, "causal_lm") and not has_class(config, "mlm")
+
+
 class Backbone(nn.Module):
     """A transformers model of one kind, and the calls heads make on it."""
 
@@ -207,8 +213,12 @@ def _classify(report: LoadReport, info: dict, model: nn.Module, kind: str) -> No
 
 def load_backbone(path: str, kind: str = "base", allow_random_init: bool = False, dropout: Optional[float] = None,
                   num_labels: Optional[int] = None, id2label: Optional[dict] = None,
-                  regression: bool = False, name: Optional[str] = None) -> Backbone:
+                  regression: bool = False, name: Optional[str] = None,
+                  pad_token_id: Optional[int] = None) -> Backbone:
     """`path` loaded as `kind`, in fp32 (mixed precision comes from autocast), with a load report.
+
+    `pad_token_id`: the id batches are padded with. A decoder's classification head reads the last
+    token that is not this id, so its config must name the tokenizer's pad (often EOS) exactly.
 
     Refused with one line: an architecture transformers cannot load, a kind the architecture has no
     class for, a checkpoint without the pretrained head the kind needs, encoder weights that would
@@ -229,6 +239,8 @@ def load_backbone(path: str, kind: str = "base", allow_random_init: bool = False
         elif id2label is not None:
             kwargs.update(id2label=id2label, label2id={v: k for k, v in id2label.items()},
                           problem_type="single_label_classification")
+        if pad_token_id is not None and is_decoder(config):
+            kwargs["pad_token_id"] = pad_token_id
         if dropout is not None and hasattr(config, "classifier_dropout"):
             kwargs["classifier_dropout"] = dropout
     try:
