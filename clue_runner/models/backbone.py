@@ -178,6 +178,15 @@ class Backbone(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           cache=cache, use_cache=use_cache)
 
+    def lm_logits_at(self, batch: dict, positions: torch.Tensor) -> torch.Tensor:
+        """[B, k, V] a causal LM's next-token logits at `positions` [B, k] of each right-padded row:
+        the LM head runs on those hidden states only, not on every position × a 150k vocabulary."""
+        if self.kind != "causal_lm":
+            raise RuntimeError(f"a {self.kind} backbone has no language-model head")
+        hidden = self.forward(batch).last_hidden_state
+        picked = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))
+        return self.model.get_output_embeddings()(picked)
+
     def save_pretrained(self, directory, model: Optional[nn.Module] = None) -> None:
         (model or self.model).save_pretrained(directory)
 

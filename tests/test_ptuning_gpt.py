@@ -1,0 +1,115 @@
+"""P-tuning for GPT (`head: {name: ptuning_gpt}`) on tiny random decoders (tests/decoders.py): label
+scores equal a brute-force causal-LM forward, only the prompt vectors train by default, a few steps
+reduce the loss, and a run reloads with identical predictions and its run.json score."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from clue_runner import api
+from clue_runner.config import build_config
+from clue_runner.engine.build import build, load_task_split
+from clue_runner.features.batching import collate
+
+
+def _cfg(model_dir, data_dir, out, task="fewclue_eprstmt", head=None, steps=6):
+    return build_config({
+        "task": task, "model": {"name": str(model_dir)}, "head": {"name": "ptuning_gpt", **(head or {})},
+        "data": {"dir": str(data_dir), "variant": "0", "max_length": 48, "max_train_examples": 16},
+        "train": {"batch_size": 8, "max_steps": steps, "lr": 1e-3, "head_lr": 5e-2, "eval_batch_size": 8, "seed": 1},
+        "output_dir": str(out),
+    })
+
+
+def _batch(built, n=6, split="train"):
+    enc = built.encode(load_task_split(built.cfg, built.task, split, limit=n))
+    return enc, collate(enc, range(n), built.tokenizer.pad_token_id)
+
+
+def _brute_force(model_dir, head, enc, example: int, label: int) -> float:
+    """log p(label word | prompted context) from one unpadded full forward of AutoModelForCausalLM."""
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    row = example * enc.choices + label
+    seg = enc.segments[""]
+    ids = torch.from_numpy(seg.ids[seg.offsets[row]:seg.offsets[row + 1]].astype(np.int64))
+    embeds = lm.get_input_embeddings()(ids).clone()
+    embeds[torch.from_numpy(enc.item_arrays["prompt_positions"][example])] = head.prompt.detach()
+    with torch.no_grad():
+        logp = lm(inputs_embeds=embeds[None]).logits[0].log_softmax(-1)
+    k = int(enc.item_arrays["word_lengths"][example, label])
+    return sum(logp[len(ids) - k + j - 1, ids[len(ids) - k + j]].item() for j in range(k))
+
+
+@pytest.mark.parametrize("arch,task", [("gpt2", "fewclue_eprstmt"), ("llama", "fewclue_ocnli")])
+def test_label_scores_equal_a_brute_force_forward(arch, task, tiny_decoder, data_dir, tmp_path):
+    model_dir = tiny_decoder(arch)
+    built = build(_cfg(model_dir, data_dir, tmp_path, task=task), device="cpu")
+    head = built.model.eval()
+    enc, batch = _batch(built, n=4, split="dev")
+    with torch.no_grad():
+        scores = head(**batch)
+    assert scores.shape == (4, len(built.task.label.values))
+    for i in range(4):
+        for c in range(scores.shape[1]):
+            assert scores[i, c].item() == pytest.approx(_brute_force(model_dir, head, enc, i, c), abs=1e-4)
+    if arch == "llama":  # the tokenizer's <s> leads; a pair's texts are split by a prompt vector
+        assert enc.segments[""].ids[0] == built.tokenizer.bos_token_id
+        assert enc.item_arrays["prompt_positions"].shape[1] == 8
+
+
+@pytest.mark.parametrize("train_backbone", [False, True])
+def test_prompt_vectors_train_and_the_backbone_is_frozen_unless_asked(train_backbone, tiny_decoder, data_dir, tmp_path):
+    built = build(_cfg(tiny_decoder("gpt2"), data_dir, tmp_path, head={"train_backbone": train_backbone}), device="cpu")
+    head = built.model.train()
+    _, batch = _batch(built, n=8)
+    optimizer = torch.optim.Adam([p for p in head.parameters() if p.requires_grad], lr=5e-2)
+    losses = []
+    for _ in range(20):
+        optimizer.zero_grad()
+        loss = head.loss(head(**batch), batch)
+        loss.backward()
+        if not losses:
+            assert head.prompt.grad is not None and head.prompt.grad.abs().sum() > 0
+            backbone_grads = [p.grad for p in head.backbone.parameters()]
+            if train_backbone:
+                assert all(g is not None for g in backbone_grads)
+            else:
+                assert all(not p.requires_grad for p in head.backbone.parameters())
+                assert all(g is None for g in backbone_grads)
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.05
+
+
+def test_lm_loss_is_the_gold_words_negative_log_likelihood(tiny_decoder, data_dir, tmp_path):
+    built = build(_cfg(tiny_decoder("qwen2"), data_dir, tmp_path, head={"loss": "lm"}), device="cpu")
+    head = built.model.eval()
+    _, batch = _batch(built, n=4)
+    batch["labels"][1] = -100  # an unlabelled row adds nothing
+    with torch.no_grad():
+        scores = head(**batch)
+        loss = head.loss(scores, batch)
+    gold = [-scores[i, batch["labels"][i]].item() for i in (0, 2, 3)]
+    assert loss.item() == pytest.approx(sum(gold) / 3, abs=1e-5)
+
+
+def test_run_reloads_with_identical_predictions(tiny_decoder, data_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    model_dir = tiny_decoder("gpt2")
+    run_dir = api.train(_cfg(model_dir, data_dir, tmp_path), log=lambda _: None)
+    result = api.read_run(run_dir)
+    assert result["method"].startswith("finetune+ptuning_gpt")
+    assert result["model"]["trainable_parameters"] == 8 * 32  # the prompt vectors alone
+    before, after = load_file(str(model_dir / "model.safetensors")), load_file(str(run_dir / "best" / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before if k in after)  # the frozen LM is saved as it was
+    again = api.evaluate(run_dir, device="cpu")  # what `clue-run eval` runs
+    assert again["metrics"] == pytest.approx(result["best"]["metrics"], abs=1e-9)
+    first, second = api.load_run(run_dir, "cpu"), api.load_run(run_dir, "cpu")
+    enc = first.encode(load_task_split(first.cfg, first.task, "dev"))
+    a, b = first.logits(enc)[0], second.logits(enc)[0]
+    assert np.array_equal(a, b) and np.array_equal(first.predict(torch.from_numpy(a)), second.predict(torch.from_numpy(b)))
