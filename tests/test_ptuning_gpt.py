@@ -14,9 +14,10 @@ from clue_runner.engine.build import build, load_task_split
 from clue_runner.features.batching import collate
 
 
-def _cfg(model_dir, data_dir, out, task="fewclue_eprstmt", head=None, steps=6):
+def _cfg(model_dir, data_dir, out, task="fewclue_eprstmt", head=None, steps=6, methods=()):
     return build_config({
         "task": task, "model": {"name": str(model_dir)}, "head": {"name": "ptuning_gpt", **(head or {})},
+        "methods": list(methods),
         "data": {"dir": str(data_dir), "variant": "0", "max_length": 48, "max_train_examples": 16},
         "train": {"batch_size": 8, "max_steps": steps, "lr": 1e-3, "head_lr": 5e-2, "eval_batch_size": 8, "seed": 1},
         "output_dir": str(out),
@@ -33,21 +34,26 @@ def _brute_force(model_dir, head, enc, example: int, label: int) -> float:
     from transformers import AutoModelForCausalLM
 
     lm = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    row = example * enc.choices + label
     seg = enc.segments[""]
-    ids = torch.from_numpy(seg.ids[seg.offsets[row]:seg.offsets[row + 1]].astype(np.int64))
+    k = int(enc.item_arrays["word_lengths"][example, label])
+    word = enc.item_arrays["word_ids"][example, label, :k]
+    context = seg.ids[seg.offsets[example]:seg.offsets[example + 1]]
+    ids = torch.from_numpy(np.concatenate([context, word]).astype(np.int64))
     embeds = lm.get_input_embeddings()(ids).clone()
     embeds[torch.from_numpy(enc.item_arrays["prompt_positions"][example])] = head.prompt.detach()
     with torch.no_grad():
         logp = lm(inputs_embeds=embeds[None]).logits[0].log_softmax(-1)
-    k = int(enc.item_arrays["word_lengths"][example, label])
     return sum(logp[len(ids) - k + j - 1, ids[len(ids) - k + j]].item() for j in range(k))
 
 
-@pytest.mark.parametrize("arch,task", [("gpt2", "fewclue_eprstmt"), ("llama", "fewclue_ocnli")])
-def test_label_scores_equal_a_brute_force_forward(arch, task, tiny_decoder, data_dir, tmp_path):
+@pytest.mark.parametrize("arch,task,words", [
+    ("gpt2", "fewclue_eprstmt", None),  # one-token words: read from the context's last position
+    ("llama", "fewclue_ocnli", None),  # two-token words: a continuation of the cache; a pair task
+    ("qwen2", "fewclue_eprstmt", {"Negative": "不满意", "Positive": "好"}),  # words of different lengths
+])
+def test_label_scores_equal_a_brute_force_forward(arch, task, words, tiny_decoder, data_dir, tmp_path):
     model_dir = tiny_decoder(arch)
-    built = build(_cfg(model_dir, data_dir, tmp_path, task=task), device="cpu")
+    built = build(_cfg(model_dir, data_dir, tmp_path, task=task, head={"label_words": words} if words else None), device="cpu")
     head = built.model.eval()
     enc, batch = _batch(built, n=4, split="dev")
     with torch.no_grad():
@@ -83,6 +89,14 @@ def test_prompt_vectors_train_and_the_backbone_is_frozen_unless_asked(train_back
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.05
+
+
+def test_with_lora_and_train_backbone_only_the_adapters_and_prompts_train(tiny_decoder, data_dir, tmp_path):
+    cfg = _cfg(tiny_decoder("llama"), data_dir, tmp_path, head={"train_backbone": True}, methods=[{"name": "lora"}])
+    head = build(cfg, device="cpu").model
+    trainable = {name for name, p in head.named_parameters() if p.requires_grad}
+    assert "prompt" in trainable and len(trainable) > 1
+    assert all(name == "prompt" or "lora_" in name for name in trainable)  # not Llama's untied LM head
 
 
 def test_lm_loss_is_the_gold_words_negative_log_likelihood(tiny_decoder, data_dir, tmp_path):

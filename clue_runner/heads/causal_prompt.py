@@ -1,16 +1,18 @@
 """P-tuning for GPT (FewCLUE's PtuningGPT row): trainable prompt vectors in the context of a causal
 LM, the label word scored at the end.
 
-Each example becomes one sequence per label, `[P]×before text_a ([P] text_b) [P]×rest label-word`
-(after the tokenizer's own leading tokens, e.g. Llama's <s>); a label's score is the log-likelihood
-of its word's tokens given what precedes them, and the prediction is the best-scoring label. The
+The context is `[P]×before text_a ([P] text_b) [P]×rest` (after the tokenizer's own leading tokens,
+e.g. Llama's <s>); a label's score is the log-likelihood of its word's tokens after the context,
+and the prediction is the best-scoring label. The
 `[P]`s are placeholders whose input embeddings are replaced by the trained vectors. Training:
 cross-entropy over the labels' scores (`loss: labels`), or the LM loss on the gold label word alone
 (`loss: lm`). The backbone stays frozen unless `train_backbone` (then it trains as the methods left
-it: every weight, or LoRA's adapters). Label words are the task's `prompt.label_words` (the PET
+it: every weight, or LoRA's adapters; the LM head trains when the word embeddings do). Label words are the task's `prompt.label_words` (the PET
 ones); they may differ in token count (a score is a sum over the word's tokens).
 
-Cost: one sequence per label (C× a classifier's forward; the LM head only at the label tokens).
+Cost: the context runs once per example; a label word's first token is read from it, and words of
+k > 1 tokens add C continuations of k - 1 tokens from the context's cache (lm-eval and OpenCompass
+run one full sequence per label). The LM head runs only where a word token is read.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class PtuningGptHead(Head):
     Params = PtuningGptParams
     backbone_kind = requires_kind = "causal_lm"
     output = "class_logits"
-    graphable = False  # an item is one sequence per label
+    graphable = False  # the cache continuation has shapes of its own
     label_kinds = ("categorical",)
 
     @classmethod
@@ -69,6 +71,10 @@ class PtuningGptHead(Head):
         if not params.train_backbone:
             for p in backbone.parameters():
                 p.requires_grad_(False)
+        # the pretrained LM head trains when the word embeddings do (one matrix in tied models): not under LoRA
+        trains = backbone.input_embeddings().weight.requires_grad
+        for p in backbone.model.get_output_embeddings().parameters():
+            p.requires_grad_(trains)
         table = backbone.input_embeddings().weight
         start = torch.randint(table.shape[0], (params.prompt_length,), generator=torch.Generator().manual_seed(0))
         self.prompt = nn.Parameter(table[start].detach().clone())  # start from real token embeddings
@@ -90,7 +96,7 @@ class PtuningGptHead(Head):
             raise ConfigError(f"head ptuning_gpt: prompt and label word take {max_length - budget} of "
                               f"data.max_length {max_length} tokens; raise data.max_length")
         placeholder = tokenizer.pad_token_id  # its embedding is replaced by a prompt vector
-        rows, prompts = [], []
+        rows, prompts = [], []  # one sequence per example: the context, the label words come apart
         for i in range(len(examples)):
             keep = truncate_lengths([len(t[i]) for t in texts], budget)
             seq, at = list(lead), []
@@ -101,14 +107,13 @@ class PtuningGptHead(Head):
                 else:
                     seq += texts[piece][i][:keep[piece]]
             prompts.append(at)
-            rows += [seq + w for w in words]  # one sequence per label, the word at the end
+            rows.append(seq)
         lengths = [len(r) for r in rows]
         segment = Segment(np.concatenate([np.asarray(r, dtype=np.int32) for r in rows]),
                           np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), None)
         labels = np.asarray([-100 if ex.label is None else ex.label for ex in examples], dtype=np.int64)
-        return Encoded({"": segment}, labels, choices=len(words),
-                       item_arrays={"prompt_positions": np.asarray(prompts, dtype=np.int64),
-                                    "word_ids": word_ids, "word_lengths": word_lengths})
+        return Encoded({"": segment}, labels, item_arrays={"prompt_positions": np.asarray(prompts, dtype=np.int64),
+                                "word_ids": word_ids, "word_lengths": word_lengths})
 
     def _layout(self) -> list[Optional[int]]:
         """The context as pieces: None = a prompt vector, 0/1 = text_a/text_b."""
@@ -117,21 +122,37 @@ class PtuningGptHead(Head):
         return [None] * before + middle + [None] * (n - before - (1 if self.pair else 0))
 
     def forward(self, **batch) -> torch.Tensor:
-        """[B, C] log-likelihood of each label's word after the prompted context."""
-        choices = len(self.words)
-        ids, mask = batch["input_ids"], batch["attention_mask"]  # [B*C, T], right-padded
+        """[B, C] log-likelihood of each label's word after the prompted context. The context runs
+        once; a word's first token is read from its last position, later tokens from a continuation
+        of the context's cache, C continuations per example (none for one-token words)."""
+        ids, mask = batch["input_ids"], batch["attention_mask"]  # [B, T], right-padded
+        words, counts = batch["word_ids"], batch["word_lengths"]  # [B, C, k], [B, C]
+        rows = torch.arange(ids.shape[0], device=ids.device)
         embeds = self.backbone.input_embeddings()(ids)
-        at = batch["prompt_positions"].repeat_interleave(choices, 0)  # [B*C, n]
-        rows = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(at)
-        embeds = embeds.index_put((rows, at), self.prompt.to(embeds.dtype).expand(ids.shape[0], -1, -1))
-        word, count = batch["word_ids"].flatten(0, 1), batch["word_lengths"].flatten()  # [B*C, k], [B*C]: row r holds label r % C
-        steps = torch.arange(word.shape[1], device=ids.device)
-        real = steps[None] < count[:, None]
-        # the word's j-th token sits at length - count + j and is predicted from the position before it
-        predict_at = (mask.sum(1)[:, None] - count[:, None] + steps[None] - 1).clamp(min=0)
-        logits = self.backbone.lm_logits_at({**batch, "inputs_embeds": embeds}, predict_at.masked_fill(~real, 0))
-        token_logp = logits.float().log_softmax(-1).gather(2, word[..., None])[..., 0]
-        return (token_logp * real).sum(1).view(-1, choices)
+        at = batch["prompt_positions"]  # [B, n]
+        embeds = embeds.index_put((rows[:, None].expand_as(at), at), self.prompt.to(embeds.dtype).expand(at.shape[0], -1, -1))
+        length = mask.sum(1)
+        out = self.backbone.lm_hidden(mask, inputs_embeds=embeds, use_cache=words.shape[2] > 1)
+        last = self.backbone.lm_head(out.last_hidden_state[rows, length - 1]).float().log_softmax(-1)  # [B, V]
+        scores = last.gather(1, words[:, :, 0])
+        if words.shape[2] > 1:
+            scores = scores + self._rest_of_words(out.cache, mask, words, counts)
+        return scores
+
+    def _rest_of_words(self, cache, mask: torch.Tensor, words: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """[B, C] log-likelihood of each word's tokens after its first, given the context's cache."""
+        b, c, k = words.shape
+        cache.batch_repeat_interleave(c)  # the context once per label
+        feed = words[:, :, :-1].flatten(0, 1)  # [B*C, k-1]: tokens 0..k-2 predict tokens 1..k-1
+        steps = torch.arange(k - 1, device=words.device)
+        # after the right-padded context: its pads stay masked, positions continue from its length
+        full = torch.cat([mask.repeat_interleave(c, 0), mask.new_ones(b * c, k - 1)], 1)
+        positions = mask.sum(1).repeat_interleave(c)[:, None] + steps[None]
+        hidden = self.backbone.lm_hidden(full, input_ids=feed, cache=cache, position_ids=positions).last_hidden_state
+        logp = self.backbone.lm_head(hidden).float().log_softmax(-1)
+        per_token = logp.gather(2, words[:, :, 1:].flatten(0, 1)[..., None])[..., 0]  # [B*C, k-1]
+        real = (steps[None] + 1) < counts.flatten()[:, None]  # shorter words' filler tokens count nothing
+        return (per_token * real).sum(1).view(b, c)
 
     def loss(self, scores: torch.Tensor, batch: dict) -> torch.Tensor:
         labels = batch["labels"]  # -100: unlabelled or filler rows, not counted

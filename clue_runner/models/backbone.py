@@ -178,14 +178,19 @@ class Backbone(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           cache=cache, use_cache=use_cache)
 
-    def lm_logits_at(self, batch: dict, positions: torch.Tensor) -> torch.Tensor:
-        """[B, k, V] a causal LM's next-token logits at `positions` [B, k] of each right-padded row:
-        the LM head runs on those hidden states only, not on every position × a 150k vocabulary."""
+    def lm_hidden(self, attention_mask: torch.Tensor, input_ids: Optional[torch.Tensor] = None,
+                  inputs_embeds: Optional[torch.Tensor] = None, cache=None, position_ids: Optional[torch.Tensor] = None,
+                  use_cache: bool = False):
+        """A causal LM's final hidden states (`last_hidden_state`, and with `use_cache` the `cache`
+        to continue from), without the LM head: callers apply `lm_head` only where they read a token."""
         if self.kind != "causal_lm":
             raise RuntimeError(f"a {self.kind} backbone has no language-model head")
-        hidden = self.forward(batch).last_hidden_state
-        picked = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))
-        return self.model.get_output_embeddings()(picked)
+        return self.encoder(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                            cache=cache, position_ids=position_ids, use_cache=use_cache)
+
+    def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits of final hidden states."""
+        return self.model.get_output_embeddings()(hidden)
 
     def save_pretrained(self, directory, model: Optional[nn.Module] = None) -> None:
         (model or self.model).save_pretrained(directory)
