@@ -127,3 +127,82 @@ def test_run_reloads_with_identical_predictions(tiny_decoder, data_dir, tmp_path
     enc = first.encode(load_task_split(first.cfg, first.task, "dev"))
     a, b = first.logits(enc)[0], second.logits(enc)[0]
     assert np.array_equal(a, b) and np.array_equal(first.predict(torch.from_numpy(a)), second.predict(torch.from_numpy(b)))
+
+
+# Synthetic proof (as tests/test_prompts.py proves PET): a tiny GPT-2 pretrained here on a generated
+# language where "<3 characters of group g>：" is followed by verdict word g and "<…>。" by the other
+# word. Frozen, with ONE trailing prompt vector started at "。"'s embedding, it scores the task near 0;
+# P-tuning that vector alone (32 numbers) on 32 labelled sentences moves it to mean "：".
+GROUPS, VERDICTS = ("甲乙丙丁戊己", "子丑寅卯辰巳"), ("好", "坏")
+
+
+def _sentences(rng, n):
+    from clue_runner.data.splits import Example
+
+    groups = [rng.randrange(2) for _ in range(n)]
+    return [Example(id=i, text_a="".join(rng.choice(GROUPS[g]) for _ in range(3)), text_b=None, label=g)
+            for i, g in enumerate(groups)]
+
+
+def _pretrained_gpt2(steps=200):
+    import random
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from clue_runner.models.backbone import decoder_tokenizer as pad_with_eos
+    from decoders import decoder_tokenizer
+
+    tokenizer = pad_with_eos(decoder_tokenizer(sorted(set("".join(GROUPS) + "".join(VERDICTS) + "：。"))), "right")
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=64,
+                                       bos_token_id=0, eos_token_id=1))
+    rng, optimizer = random.Random(0), torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        texts = [f"{ex.text_a}：{VERDICTS[ex.label]}" if i % 2 else f"{ex.text_a}。{VERDICTS[1 - ex.label]}"
+                 for i, ex in enumerate(_sentences(rng, 32))]
+        batch = tokenizer(texts, return_tensors="pt", padding=True)
+        model(**batch, labels=batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval(), tokenizer
+
+
+def test_synthetic_ptuning_recovers_a_missing_prompt_on_a_frozen_lm():
+    import random
+
+    from clue_runner.heads.causal_prompt import PtuningGptHead, PtuningGptParams
+    from clue_runner.models.backbone import Backbone
+    from clue_runner.tasks.spec import TaskSpec
+
+    task = TaskSpec.model_validate({
+        "name": "synthetic_verdict", "version": 1, "data": {"dir": "unused", "splits": {"train": "x", "dev": "y"}},
+        "inputs": {"text_a": "text"}, "label": {"values": ["0", "1"]}, "metrics": ["accuracy"], "main_metric": "accuracy",
+        "prompt": {"templates": {"t": "{text_a}[MASK]"}, "label_words": {"0": VERDICTS[0], "1": VERDICTS[1]}}})
+    model, tokenizer = _pretrained_gpt2()
+    head = PtuningGptHead(Backbone(model, "causal_lm"), task, PtuningGptParams(prompt_length=1, before=0), 0.0)
+    start = tokenizer("。", add_special_tokens=False)["input_ids"]
+    head.prompt.data.copy_(model.get_input_embeddings().weight[start].detach())
+    rng = random.Random(1)
+    train, held_out = _sentences(rng, 32), _sentences(rng, 200)
+
+    def batch_of(examples):
+        return collate(head.featurize(examples, tokenizer, 16), range(len(examples)), tokenizer.pad_token_id)
+
+    def accuracy():
+        with torch.no_grad():
+            scores = head.eval()(**batch_of(held_out))
+        return float((head.predict(scores) == np.asarray([ex.label for ex in held_out])).mean())
+
+    before = accuracy()
+    optimizer = torch.optim.Adam([head.prompt], lr=5e-2)
+    batch = batch_of(train)
+    for _ in range(60):
+        head.train()
+        loss = head.loss(head(**batch), batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after = accuracy()
+    print(f"synthetic P-tuning GPT: frozen LM, one prompt vector: before {before:.3f}, after {after:.3f}")
+    assert after >= 0.9 and before <= 0.1, (before, after)
+    assert all(not p.requires_grad for p in head.backbone.parameters())
