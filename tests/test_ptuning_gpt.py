@@ -206,3 +206,13 @@ def test_synthetic_ptuning_recovers_a_missing_prompt_on_a_frozen_lm():
     print(f"synthetic P-tuning GPT: frozen LM, one prompt vector: before {before:.3f}, after {after:.3f}")
     assert after >= 0.9 and before <= 0.1, (before, after)
     assert all(not p.requires_grad for p in head.backbone.parameters())
+
+
+def test_refusals_are_one_line(tiny_model, tiny_decoder, data_dir, tmp_path):
+    from clue_runner.errors import ClueRunError, ConfigError
+
+    with pytest.raises(ConfigError, match="head.before 8: at most prompt_length - 1"):
+        _cfg(tiny_decoder("gpt2"), data_dir, tmp_path, task="fewclue_bustm", head={"before": 8})
+    with pytest.raises(ClueRunError) as err:  # an encoder: no pretrained LM head to score a word with
+        build(_cfg(tiny_model, data_dir, tmp_path), device="cpu")
+    assert "\n" not in str(err.value)
