@@ -3,12 +3,12 @@ LM, the label word scored at the end.
 
 The context is `[P]×before text_a ([P] text_b) [P]×rest` (after the tokenizer's own leading tokens,
 e.g. Llama's <s>); a label's score is the log-likelihood of its word's tokens after the context,
-and the prediction is the best-scoring label. The
-`[P]`s are placeholders whose input embeddings are replaced by the trained vectors. Training:
-cross-entropy over the labels' scores (`loss: labels`), or the LM loss on the gold label word alone
-(`loss: lm`). The backbone stays frozen unless `train_backbone` (then it trains as the methods left
-it: every weight, or LoRA's adapters; the LM head trains when the word embeddings do). Label words are the task's `prompt.label_words` (the PET
-ones); they may differ in token count (a score is a sum over the word's tokens).
+and the prediction is the best-scoring label. The `[P]`s are placeholders whose input embeddings
+are replaced by the trained vectors. Training: cross-entropy over the labels' scores
+(`loss: labels`), or the LM loss on the gold label word alone (`loss: lm`). The backbone stays
+frozen unless `train_backbone` (then it trains as the methods left it: every weight, or LoRA's
+adapters; the LM head trains when the word embeddings do). Label words are the task's
+`prompt.label_words` (the PET ones); they may differ in token count (a score sums the word's tokens).
 
 Cost: the context runs once per example; a label word's first token is read from it, and words of
 k > 1 tokens add C continuations of k - 1 tokens from the context's cache (lm-eval and OpenCompass
@@ -42,6 +42,8 @@ class PtuningGptParams(Params):
 
 
 class PtuningGptHead(Head):
+    """Label words scored by a causal LM after a context with trainable prompt vectors."""
+
     Params = PtuningGptParams
     backbone_kind = requires_kind = "causal_lm"
     output = "class_logits"
@@ -84,6 +86,8 @@ class PtuningGptHead(Head):
 
     def featurize(self, examples, tokenizer, max_length: int, use_cache: bool = True) -> Encoded:
         words = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in self.words]
+        if not all(words):
+            raise ConfigError(f"head ptuning_gpt: label word {self.words[[bool(w) for w in words].index(False)]!r} has no tokens")
         width = max(len(w) for w in words)
         # per item (the batch carries them, so scoring needs no state from featurizing): [N, C, k] word ids, [N, C] counts
         word_ids = np.tile(np.asarray([w + [0] * (width - len(w)) for w in words], dtype=np.int64), (len(examples), 1, 1))
@@ -112,8 +116,8 @@ class PtuningGptHead(Head):
         segment = Segment(np.concatenate([np.asarray(r, dtype=np.int32) for r in rows]),
                           np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), None)
         labels = np.asarray([-100 if ex.label is None else ex.label for ex in examples], dtype=np.int64)
-        return Encoded({"": segment}, labels, item_arrays={"prompt_positions": np.asarray(prompts, dtype=np.int64),
-                                "word_ids": word_ids, "word_lengths": word_lengths})
+        arrays = {"prompt_positions": np.asarray(prompts, dtype=np.int64), "word_ids": word_ids, "word_lengths": word_lengths}
+        return Encoded({"": segment}, labels, item_arrays=arrays)
 
     def _layout(self) -> list[Optional[int]]:
         """The context as pieces: None = a prompt vector, 0/1 = text_a/text_b."""
