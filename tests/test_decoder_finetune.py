@@ -89,7 +89,7 @@ def test_decoder_cls_with_lora_exports_merged_weights(arch, tiny_decoder, data_d
     model_dir = tiny_decoder(arch)
     run_dir = _train(model_dir, data_dir, tmp_path, methods=[{"name": "lora", "r": 4}], lr=1e-2)
     result = api.read_run(run_dir)
-    assert result["method"] == "finetune+lora(r=4)"  # the report row, beside encoder rows on the decoder's slug
+    assert result.method == "finetune+lora(r=4)"  # the report row, beside encoder rows on the decoder's slug
     run = api.load_run(run_dir, "cpu")
     adapted = {name.rsplit(".", 1)[-1] for name, module in run.model.named_modules() if hasattr(module, "lora_A")}
     assert adapted == LORA_TARGETS[arch]

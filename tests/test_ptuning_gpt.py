@@ -117,12 +117,12 @@ def test_run_reloads_with_identical_predictions(tiny_decoder, data_dir, tmp_path
     model_dir = tiny_decoder("gpt2")
     run_dir = api.train(_cfg(model_dir, data_dir, tmp_path), log=lambda _: None)
     result = api.read_run(run_dir)
-    assert result["method"].startswith("finetune+ptuning_gpt")
-    assert result["model"]["trainable_parameters"] == 8 * 32  # the prompt vectors alone
+    assert result.method.startswith("finetune+ptuning_gpt")
+    assert result.model.trainable_parameters == 8 * 32  # the prompt vectors alone
     before, after = load_file(str(model_dir / "model.safetensors")), load_file(str(run_dir / "best" / "model.safetensors"))
     assert all(torch.equal(before[k], after[k]) for k in before if k in after)  # the frozen LM is saved as it was
     again = api.evaluate(run_dir, device="cpu")  # what `clue-run eval` runs
-    assert again["metrics"] == pytest.approx(result["best"]["metrics"], abs=1e-9)
+    assert again["metrics"] == pytest.approx(result.best.metrics, abs=1e-9)
     first, second = api.load_run(run_dir, "cpu"), api.load_run(run_dir, "cpu")
     enc = first.encode(load_task_split(first.cfg, first.task, "dev"))
     a, b = first.logits(enc)[0], second.logits(enc)[0]
