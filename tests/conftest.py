@@ -134,3 +134,19 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder(tmp_path_factory):
+    """`tiny_decoder("gpt2" | "qwen2" | "llama")`: a random 2-layer causal LM with a character-level
+    byte BPE over the data's characters and no pad token, built once per session (tests/decoders.py)."""
+    from decoders import make_decoder
+
+    made: dict = {}
+
+    def get(arch: str) -> Path:
+        if arch not in made:
+            made[arch] = make_decoder(arch, tmp_path_factory.mktemp(f"tiny-{arch}"), _fixture_chars())
+        return made[arch]
+
+    return get
