@@ -24,6 +24,7 @@ from .engine.evaluate import eval_plan, predict_logits, score
 from .engine.trainer import Event, Trainer
 from .errors import ClueRunError, DataError, DiskError, RunError, disk_error_line, is_disk_error
 from .features import encode_examples
+from .heads import Head
 from .features.batching import padding_share
 from .runs import rundir
 from .runs.naming import model_slug
@@ -255,6 +256,7 @@ def _train_in(cfg: ExperimentConfig, run: RunDir, prepared, on_event, log, wall_
                   "adapted": getattr(model.backbone.config, "clue_run_adapted", None)},
         "method": cfg.method_label(),
         "methods": {m.name: m.summary() for m in built.methods if m.summary()},
+        "head": model.describe() if isinstance(model, Head) else {},  # a multi-task model: heads per task
         "seed": cfg.train.seed,
         "config": cfg.model_dump(mode="json"),
         "data": prepared.data_result(),

@@ -299,10 +299,24 @@ class ExperimentConfig(Strict):
                 " w=" + "/".join(f"{e.weight:g}" for e in self.tasks))
             return f"multitask({'+'.join(e.name for e in self.tasks)}, {mt.weighting}, {draw}{weights})"
         head = self.head.model_dump(exclude_none=True)
+        own = self._head_label()
+        if own is not None:  # a head that names its own setting (in-context scoring: `icl(k=4, calibrated)`)
+            return "+".join([own, *[m.label() for m in build_methods(self.methods)]])
         parts = ["finetune" if self.train.max_steps != 0 else "no-training"]
         if head:
             parts.append("/".join(f"{v}" if k == "name" else f"{k}={v}" for k, v in head.items()))
         return "+".join([*parts, *[m.label() for m in build_methods(self.methods)]])
+
+
+    def _head_label(self) -> Optional[str]:
+        from .heads import resolve_head
+        from .tasks import get_task
+
+        if not self.head.name or self.task is None:
+            return None
+        task = get_task(self.task)
+        cls, params = resolve_head(task, self.head)
+        return cls.label(task, params)
 
 
 def _set_path(tree: dict, dotted: str, value: Any) -> None:

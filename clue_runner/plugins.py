@@ -17,6 +17,7 @@ HEADS: Registry = Registry("head", {
     "global_pointer": "clue_runner.heads.entity:GlobalPointerHead",
     "pet": "clue_runner.heads.prompt:PetHead",
     "nsp": "clue_runner.heads.prompt:NspHead",
+    "icl": "clue_runner.heads.incontext:IclHead",
 }, "clue_run.heads")
 
 METHODS: Registry = Registry("method", {

@@ -254,6 +254,7 @@ def build(cfg: ExperimentConfig, checkpoint: Optional[Path] = None, device: str 
     model = model_for(task, model_path, cfg.head, cfg.model.dropout, methods, ctx, cfg.model.allow_random_init,
                       seed=cfg.train.seed, name=cfg.model.name if checkpoint is None else str(checkpoint),
                       log=log if checkpoint is None else _silent, max_length=cfg.data.max_length)
+    model.bind_data(cfg.data)
     featurize, predict = model.featurize, model.predict
     for m in methods:
         featurize = m.wrap_featurizer(featurize, ctx)
