@@ -175,3 +175,51 @@ def test_span_and_ner_tasks_are_refused_at_config_load():
         with pytest.raises(ConfigError, match="icl|in-context|lm"):
             build_config({"task": task, "model": {"name": "x"}, "head": {"name": "icl", "prompt": "{text_a}"},
                           "train": {"max_steps": 0}})
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"templates": {"t": {"prompt": "{text_a}", "answer": " {label}"}}}, "starts with a space"),
+    ({"templates": {"t": {"prompt": "{text_a}", "answer": "好"}}}, "needs {label} exactly once"),
+    ({"templates": {"t": "{text_c}"}}, "unknown slot {text_c}"),
+    ({"templates": {"t": "{text_a}"}, "default": "u"}, "lm.default 'u' is not a template"),
+    ({"templates": {"t": "{text_a}"}, "label_words": {"Neutral": "中"}}, "'Neutral' is not a label value"),
+    ({"templates": {"t": "{text_a}"}, "label_words": {"Negative": "好", "Positive": "好"}}, "same word"),
+])
+def test_lm_block_errors_are_one_line(change, message):
+    from pydantic import ValidationError
+
+    from clue_runner.tasks.spec import TaskSpec
+
+    spec = get_task("fewclue_eprstmt").model_dump()
+    spec["lm"] = change
+    with pytest.raises(ValidationError, match=message) as err:
+        TaskSpec.model_validate(spec)
+    assert len([e for e in err.value.errors()]) == 1
+
+
+def test_every_lm_task_renders_the_full_label_set_or_its_choices(tiny_decoder, data_dir):
+    """Every task with an lm: block renders, the class tasks with every label; C3 scores each choice;
+    CHID each candidate-filled passage (the candidate, then the passage after the blank)."""
+    from clue_runner.errors import DataError
+    from clue_runner.tasks import builtin_task_names
+
+    tokenizer = load_tokenizer(str(tiny_decoder("gpt2")))
+    for name in builtin_task_names():
+        task = get_task(name)
+        if task.lm is None:
+            continue
+        template, separator = IclHead.template_for(task, IclParams())
+        words = list(task.lm_words().values()) if task.label.kind == "categorical" else None
+        try:
+            examples = load_split(task, "dev", data_dir=data_dir, limit=3).examples
+        except DataError:  # a split the shared data lacks (CLUE CHID's dev)
+            continue
+        for ex in examples:
+            request = Renderer(template, words, separator).request(tokenizer, ex, 0, [], 512)
+            if words is not None:
+                assert len(request.answers) == len(task.label.values), name
+            else:
+                assert request.answers[: len(ex.extra["choices"])] == [
+                    a + (ex.text_a[ex.extra["blank"][1]:] if "blank" in ex.extra else "") for a in ex.extra["choices"]]
+                if "blank" in ex.extra:
+                    assert request.text.endswith(ex.text_a[: ex.extra["blank"][0]].rstrip())

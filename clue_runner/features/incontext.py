@@ -96,6 +96,8 @@ class Request:
     demonstrations: list = field(default_factory=list)  # the pool ids shown, left to right
     calibration_context: Optional[list[int]] = None  # the same demonstrations, then the content-free query
     characters: list[int] = field(default_factory=list)  # characters of each continuation (`char` normalisation)
+    text: str = ""  # the context as text, and the continuations' texts (what another harness would be given)
+    answers: list[str] = field(default_factory=list)
 
 
 def split_tokens(tokenizer, context: str, continuations: Sequence[str]) -> tuple[list[int], list[list[int]]]:
@@ -141,9 +143,10 @@ class Renderer:
         room = max_length - max(len(c) for c in conts)
         _, kept = fit_context(tokenizer, demos, query, self.separator, room)
         shown = demos[len(demos) - kept:]
-        ctx, conts = split_tokens(tokenizer, self.separator.join([*shown, query]), answers)
+        text = self.separator.join([*shown, query])
+        ctx, conts = split_tokens(tokenizer, text, answers)
         request = Request(ctx, conts, [pool[i].id for i in picked[len(picked) - kept:]],
-                          characters=[len(a) for a in answers])
+                          characters=[len(a) for a in answers], text=text, answers=answers)
         if self.calibrate:
             free = render_prompt(self.template, ex, CONTENT_FREE)
             request.calibration_context, _ = split_tokens(tokenizer, self.separator.join([*shown, free]), answers)
