@@ -90,11 +90,15 @@ class IclHead(Head):
         self.words = list(task.lm_words().values()) if task.label.kind == "categorical" else None
         self.pool = None
         self.data_options = None
+        self.shown: dict = {}  # example id -> demonstration ids, of the split featurized last (the scored one)
 
     def describe(self) -> dict:
-        """The template as scored, for run.json."""
-        return {"prompt": self.template.prompt, "answer": self.template.answer, "separator": self.separator,
-                "hash": template_hash(self.template, self.separator), "label_words": self.words}
+        """The template as scored and, with k > 0, each scored example's demonstrations, for run.json."""
+        out = {"prompt": self.template.prompt, "answer": self.template.answer, "separator": self.separator,
+               "hash": template_hash(self.template, self.separator), "label_words": self.words}
+        if self.params.k:
+            out["demonstrations"] = {str(i): ids for i, ids in self.shown.items()}
+        return out
 
     def bind_data(self, data_options) -> None:
         self.data_options = data_options
@@ -118,6 +122,7 @@ class IclHead(Head):
         renderer = Renderer(self.template, self.words, self.separator, p.k, p.seed, p.balanced, p.calibrate)
         pool = self.demonstrations_pool()
         requests = [renderer.request(tokenizer, ex, i, pool, max_length) for i, ex in enumerate(examples)]
+        self.shown = {ex.id: r.demonstrations for ex, r in zip(examples, requests)}
         labels = np.array([-100 if ex.label is None else ex.label for ex in examples], dtype=np.int64)
         return encode_requests(requests, labels)
 
