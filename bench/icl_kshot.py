@@ -3,6 +3,8 @@
 A tiny GPT-2 is pretrained on episodes of sentences (tests/test_incontext_synthetic.py's language)
 whose group → verdict mapping is flipped at random per episode; held-out queries use the flipped
 mapping, so zero-shot cannot know it and 4 balanced demonstrations show it. Prints both accuracies.
+Measured 2026-12-03 (CPU): 1,500 steps 0.515 / 0.515 (54 s), 6,000 steps 0.515 / 0.515 (184 s): the
+tiny model has not learnt to use its context (no induction head), so this is not yet a k-shot proof.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python bench/icl_kshot.py --steps 1500
 """
