@@ -256,7 +256,6 @@ def _train_in(cfg: ExperimentConfig, run: RunDir, prepared, on_event, log, wall_
                   "adapted": getattr(model.backbone.config, "clue_run_adapted", None)},
         "method": cfg.method_label(),
         "methods": {m.name: m.summary() for m in built.methods if m.summary()},
-        "head": model.describe() if isinstance(model, Head) else {},  # a multi-task model: heads per task
         "seed": cfg.train.seed,
         "config": cfg.model_dump(mode="json"),
         "data": prepared.data_result(),
@@ -270,6 +269,9 @@ def _train_in(cfg: ExperimentConfig, run: RunDir, prepared, on_event, log, wall_
         "environment": environment(built.device),
         "wall_time_s": round(time.perf_counter() - wall_start, 2),  # this process (a resumed run counts its last part)
     }
+    head = model.describe() if isinstance(model, Head) else {}  # a multi-task model has no one head
+    if head:
+        result["head"] = head  # e.g. the LM template scored and its hash (in-context scoring)
     tasks = prepared.tasks_result(state)
     if tasks is not None:
         result["tasks"] = tasks  # a multi-task run: every task's own scores
