@@ -8,7 +8,8 @@ from typing import Any, Literal, Optional, Union
 import yaml
 import difflib
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_serializer,
+                      model_validator)
 
 from .errors import ConfigError, decode_utf8
 
@@ -122,6 +123,9 @@ class ExperimentConfig(Strict):
     head: HeadConfig = HeadConfig()
     methods: list[MethodConfig] = []
     output_dir: str = "results"
+    # Filled by validation (below): what the names resolve to, so nothing resolves them again.
+    _resolved: Any = PrivateAttr(default=None)
+    _task_configs: Any = PrivateAttr(default=None)
 
     # Every name resolves here, so a typo fails before any data is read.
     @field_validator("task")
@@ -137,17 +141,6 @@ class ExperimentConfig(Strict):
             raise ValueError(str(err)) from None
         return name
 
-    @field_validator("methods")
-    @classmethod
-    def _methods_exist(cls, methods: list[MethodConfig]) -> list[MethodConfig]:
-        from .methods import build_methods
-
-        try:
-            build_methods(methods)
-        except ConfigError as err:
-            raise ValueError(str(err)) from None
-        return methods
-
     @model_validator(mode="before")
     @classmethod
     def _multitask_defaults(cls, raw):
@@ -159,8 +152,13 @@ class ExperimentConfig(Strict):
     def _variant_head_and_methods_resolve(self):
         from .heads import resolve_head
         from .methods import build_methods, check_methods
+        from .resolved import Resolved
         from .tasks import get_task
 
+        try:
+            methods = build_methods(self.methods)
+        except ConfigError as err:
+            raise ValueError(f"methods: {err}") from None
         if self.tasks is not None:
             return self._check_multitask()
         if self.task is None:
@@ -177,15 +175,21 @@ class ExperimentConfig(Strict):
             misfit = head_cls.misfit(task, params)
             if misfit:
                 raise ConfigError(f"head {head_cls.__name__}: {misfit}")
-            check_methods(build_methods(self.methods), head_cls, task, params)
+            check_methods(methods, head_cls, task, params)
         except ConfigError as err:
             raise ValueError(str(err)) from None
+        self._resolved = Resolved(task, head_cls, params, tuple(methods))
         return self
 
+    @property
+    def resolved(self):
+        """The task, head and methods this single-task config names, resolved when it was validated."""
+        if self._resolved is None:
+            raise ConfigError("a multi-task config has no single task: use task_configs()")
+        return self._resolved
+
     def _check_multitask(self):
-        from .heads import resolve_head
         from .multitask.weighting import weighting_class
-        from .tasks import get_task
 
         if self.task is not None:
             raise ValueError("task and tasks: give one task (task:) or several (tasks:), not both")
@@ -200,12 +204,13 @@ class ExperimentConfig(Strict):
             if name in names[:i]:
                 raise ValueError(f"tasks.{i}.name: {name!r} is listed twice")
         mt = self.multitask
+        configs = {}
         for i, entry in enumerate(self.tasks):
             try:
-                single = self.task_config(entry)
+                single = configs[entry.name] = self.task_config(entry)
             except ConfigError as err:
                 raise ValueError(f"tasks.{i} ({entry.name}): {err}") from None
-            head_cls, _ = resolve_head(get_task(single.task), single.head)
+            head_cls = single.resolved.head_cls
             if head_cls.requires_kind not in (None, "base"):
                 raise ValueError(f"tasks.{i}.head: head {head_cls.__name__} needs its own {head_cls.requires_kind} "
                                  "backbone; tasks in one run share a base encoder")
@@ -223,18 +228,7 @@ class ExperimentConfig(Strict):
                              "drop schedule")
         if mt.per_step == "scheduled" and mt.schedule is None:
             mt.schedule = "proportional"
-        unknown = [k for k in mt.frequencies if k not in names]
-        if unknown:
-            raise ValueError(f"multitask.frequencies: {unknown[0]!r} is not one of the tasks ({', '.join(names)})")
-        if mt.schedule == "fixed":
-            missing = [n for n in names if n not in mt.frequencies]
-            if missing:
-                raise ValueError(f"multitask.frequencies: schedule fixed needs a frequency for every task; "
-                                 f"missing {', '.join(missing)}")
-            if not any(v > 0 for v in mt.frequencies.values()) or any(v < 0 for v in mt.frequencies.values()):
-                raise ValueError("multitask.frequencies: give non-negative frequencies, at least one positive")
-        elif mt.frequencies:
-            raise ValueError(f"multitask.frequencies: only schedule fixed reads them (schedule is {mt.schedule})")
+        _check_frequencies(mt, names)
         roles = [entry.role for entry in self.tasks]
         if mt.weighting == "primary_auxiliary":
             primaries = roles.count("primary")
@@ -245,6 +239,7 @@ class ExperimentConfig(Strict):
             i = next(i for i, r in enumerate(roles) if r)
             raise ValueError(f"tasks.{i}.role: only the primary_auxiliary weighting reads roles "
                              f"(weighting is {mt.weighting})")
+        self._task_configs = configs
         return self
 
     def task_config(self, entry: TaskEntry) -> "ExperimentConfig":
@@ -262,7 +257,7 @@ class ExperimentConfig(Strict):
         """Task name -> its single-task config (the config itself for a single-task run)."""
         if self.tasks is None:
             return {self.task: self}
-        return {entry.name: self.task_config(entry) for entry in self.tasks}
+        return dict(self._task_configs)  # validated with this config
 
     @property
     def is_multitask(self) -> bool:
@@ -289,8 +284,6 @@ class ExperimentConfig(Strict):
     def method_label(self) -> str:
         """How reports name the method: training kind, head options that change it, methods with their
         non-default parameters (LoRA r=8 and r=16 are two rows); a multi-task run names its tasks and weighting."""
-        from .methods import build_methods
-
         if self.tasks is not None:
             mt = self.multitask
             draw = "all per step" if mt.per_step == "all" else (
@@ -299,24 +292,30 @@ class ExperimentConfig(Strict):
                 " w=" + "/".join(f"{e.weight:g}" for e in self.tasks))
             return f"multitask({'+'.join(e.name for e in self.tasks)}, {mt.weighting}, {draw}{weights})"
         head = self.head.model_dump(exclude_none=True)
-        own = self._head_label()
+        resolved = self.resolved
+        own = resolved.head_cls.label(resolved.task, resolved.head_params)
         if own is not None:  # a head that names its own setting (in-context scoring: `icl(k=4, calibrated)`)
-            return "+".join([own, *[m.label() for m in build_methods(self.methods)]])
+            return "+".join([own, *([resolved.method_label()] if self.methods else [])])
         parts = ["finetune" if self.train.max_steps != 0 else "no-training"]
         if head:
             parts.append("/".join(f"{v}" if k == "name" else f"{k}={v}" for k, v in head.items()))
-        return "+".join([*parts, *[m.label() for m in build_methods(self.methods)]])
+        return "+".join([*parts, *([self.resolved.method_label()] if self.methods else [])])
 
 
-    def _head_label(self) -> Optional[str]:
-        from .heads import resolve_head
-        from .tasks import get_task
-
-        if not self.head.name or self.task is None:
-            return None
-        task = get_task(self.task)
-        cls, params = resolve_head(task, self.head)
-        return cls.label(task, params)
+def _check_frequencies(mt: MultitaskConfig, names: list[str]) -> None:
+    """`multitask.frequencies`: read by schedule fixed only, one non-negative frequency per task."""
+    unknown = [k for k in mt.frequencies if k not in names]
+    if unknown:
+        raise ValueError(f"multitask.frequencies: {unknown[0]!r} is not one of the tasks ({', '.join(names)})")
+    if mt.schedule == "fixed":
+        missing = [n for n in names if n not in mt.frequencies]
+        if missing:
+            raise ValueError(f"multitask.frequencies: schedule fixed needs a frequency for every task; "
+                             f"missing {', '.join(missing)}")
+        if not any(v > 0 for v in mt.frequencies.values()) or any(v < 0 for v in mt.frequencies.values()):
+            raise ValueError("multitask.frequencies: give non-negative frequencies, at least one positive")
+    elif mt.frequencies:
+        raise ValueError(f"multitask.frequencies: only schedule fixed reads them (schedule is {mt.schedule})")
 
 
 def _set_path(tree: dict, dotted: str, value: Any) -> None:

@@ -53,9 +53,6 @@ class Registry(Generic[T]):
 
         return add
 
-    def unregister(self, name: str) -> None:
-        self._items.pop(name, None)
-
     def names(self) -> list[str]:
         self._scan_entry_points()
         return sorted({*self._lazy, *self._items})

@@ -42,12 +42,12 @@ SCRIPTED = [0.5, 0.6, 0.6, 0.4, 0.7, 0.7]  # accuracy at steps 1-6: improves at 
 @pytest.fixture
 def counted_writes(monkeypatch):
     """Scripted scores; the steps at which best/ and the resume state were written."""
-    from clue_runner.engine import trainer as trainer_mod
+    from clue_runner.engine import checkpoint as checkpoint_mod, evaluate as evaluate_mod, trainer as trainer_mod
 
     scores = iter(SCRIPTED)
-    monkeypatch.setattr(api, "score", lambda *args, **kwargs: {"accuracy": next(scores)})
+    monkeypatch.setattr(evaluate_mod, "score_predictions", lambda *args, **kwargs: {"accuracy": next(scores)})
     writes = {"best": [], "resume": []}
-    save_best, save_resume = api.save_best_checkpoint, trainer_mod.Trainer._save
+    save_best, save_resume = checkpoint_mod.save_best, trainer_mod.Trainer._save
 
     def counted_best(directory, model, tokenizer, methods, best):
         writes["best"].append(best["step"])
@@ -57,7 +57,7 @@ def counted_writes(monkeypatch):
         writes["resume"].append(self.state.step)
         save_resume(self, directory)
 
-    monkeypatch.setattr(api, "save_best_checkpoint", counted_best)
+    monkeypatch.setattr(checkpoint_mod, "save_best", counted_best)
     monkeypatch.setattr(trainer_mod.Trainer, "_save", counted_resume)
     return writes, monkeypatch
 

@@ -254,7 +254,7 @@ def test_fused_adamw_on_cpu(tiny_model, data_dir, tmp_path):
 
     cfg = _train_cfg(tiny_model, data_dir, tmp_path)
     built = build(cfg, device="cpu")
-    trainer = Trainer(built.model, built.model.loss, [], None, lambda: {}, "accuracy", cfg.train, 0, torch.device("cpu"))
+    trainer = Trainer(built.model, built.model.loss, [], None, scorer({}), cfg.train, 0, torch.device("cpu"))
     assert trainer.optimizer.defaults["fused"] is True
 
 
@@ -271,7 +271,7 @@ def test_fp16_gradient_scaler_scales_unscales_and_skips_overflow(tiny_model, dat
     monkeypatch.setattr(trainer_mod, "autocast_dtype", lambda precision, device: torch.float16)
     built = build(cfg, device="cpu")
     train_enc = built.encode(built_split(built, cfg, "train"))
-    t = trainer_mod.Trainer(built.model, built.model.loss, [], train_enc, lambda: {"accuracy": 0.0}, "accuracy",
+    t = trainer_mod.Trainer(built.model, built.model.loss, [], train_enc, scorer({"accuracy": 0.0}),
                             cfg.train, built.tokenizer.pad_token_id, torch.device("cpu"))
     assert t.scaler.is_enabled() and not t.fast_path
     t._loss_sum = torch.zeros(())  # set by run()
@@ -289,6 +289,13 @@ def test_fp16_gradient_scaler_scales_unscales_and_skips_overflow(tiny_model, dat
     t._optimizer_step()
     assert torch.equal(before, param.detach())  # the step was skipped
     assert t.scaler.get_scale() == scale / 2  # and the scale backed off
+
+
+def scorer(metrics: dict):
+    """An evaluator (engine.trainer.Evaluator) that always gives `metrics`."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(main_metric="accuracy", evaluate=lambda: dict(metrics))
 
 
 def built_split(built, cfg, split):

@@ -140,3 +140,43 @@ def test_rdrop_trains_and_two_loss_owners_refused(tiny_model, data_dir, tmp_path
         if "test_owner" not in METHODS:
             METHODS.register("test_owner")(type("Owner", (Method,), {"owns_loss": True}))
         build_config({"task": "afqmc", "methods": [{"name": "rdrop"}, {"name": "test_owner"}]})
+
+
+def test_a_run_resolves_its_methods_and_head_once(tiny_model, data_dir, tmp_path, monkeypatch):
+    """The config resolves the names when it loads; data loading, the build and run.json reuse that."""
+    from clue_runner import heads, methods
+    from clue_runner.engine import build as build_mod
+
+    raw = {**make_cfg(tiny_model, data_dir, tmp_path, max_steps=1).model_dump(), "methods": [{"name": "fgm"}]}
+    calls = {"methods": 0, "head": 0}
+
+    def counted(name, real):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(methods, "build_methods", counted("methods", methods.build_methods))
+    head = counted("head", heads.resolve_head)
+    monkeypatch.setattr(heads, "resolve_head", head)
+    monkeypatch.setattr(build_mod, "resolve_head", head)
+    cfg = build_config(raw)
+    assert calls == {"methods": 1, "head": 1}
+    result = api.read_run(api.train(cfg, log=quiet))
+    assert calls == {"methods": 1, "head": 1}
+    assert result["method"] == "finetune+fgm"
+
+
+def test_the_evaluator_keeps_the_predictions_it_scored(tiny_model, data_dir, tmp_path):
+    """`last_predictions`: the decoded predictions of the last evaluation with their example ids."""
+    from clue_runner.runs.prepare import prepare
+
+    cfg = make_cfg(tiny_model, data_dir, tmp_path, max_steps=0)
+    prepared = prepare(cfg, quiet)
+    metrics = prepared.evaluator.evaluate()
+    last = prepared.evaluator.last_predictions
+    examples = prepared.eval_data.examples
+    assert last.ids == [ex.id for ex in examples] and len(last.predictions) == len(examples)
+    gold = [prepared.task.label.values[ex.label] for ex in examples]
+    predicted = [prepared.task.label.values[int(p)] for p in last.predictions]
+    assert metrics["accuracy"] == pytest.approx(sum(p == g for p, g in zip(predicted, gold)) / len(gold))

@@ -1,12 +1,17 @@
-"""THE assembly: config → task → backbone → methods → head, featurizer. Used by train, eval,
-predict, encode and resume alike, so a model changed by a method reloads exactly as it trained.
+"""THE assembly, for train, eval, predict, encode and resume alike, so a model changed by a method
+reloads exactly as it trained; one path for single- and multi-task configs.
 
-    task      = tasks.get_task(cfg.task)
-    backbone  = models.backbone.load_backbone(path, kind)   # the kind the head and methods need
-    backbone  = m.wrap_model(backbone, ctx) for each method  # LoRA, side networks … (also on reload)
-    head      = heads.build_head(task, backbone, cfg.head)
-    featurize = m.wrap_featurizer(head.featurize, ctx) …     # prompts …
-    reload    : engine.checkpoint.load_best(best/, head)
+    device    = device.pick_device(...)                        # the LOCAL_RANK GPU under a launcher, first
+    source    = model_source(cfg, checkpoint)                   # configured model (trimmed) or a run's best/
+    single    : backbone = load_backbone(path, kind)            # the kind the head and methods need
+                backbone = m.wrap_model(backbone, ctx) …        # LoRA, side networks … (also on reload)
+                head     = cfg.resolved.head_cls(backbone, …)   # featurize/predict wrapped by methods
+    multi     : assemble_multitask: one base backbone, one head per task (multitask.model)
+    reload    : engine.checkpoint.load_best(best/, model)
+    place     : model.to(device)
+
+The config arrives resolved (`ExperimentConfig.resolved`: task, head class and options, methods);
+nothing here resolves a name again.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, ClassVar, Optional
 
 import numpy as np
 import torch
@@ -25,20 +30,24 @@ from ..data.splits import SplitData, load_split
 from ..errors import ClueRunError, ConfigError, DataError
 from ..features import Encoded
 from ..heads import Head, resolve_head
-from ..methods import BuildContext, Method, build_methods, check_methods
+from ..methods import BuildContext, Method
 from ..models import load_model_config, load_tokenizer, resolve_model
 from ..models.backbone import load_backbone
+from ..multitask.model import MultiTaskModel
+from ..multitask.weighting import weighting_class
 from ..paths import cache_root
-from ..tasks import TaskSpec, get_task
+from ..tasks import TaskSpec
 from .checkpoint import load_best
 from .cuda_graphs import GraphedForward
+from .device import autocast_dtype, pick_device, seed_everything
 from .evaluate import predict_logits
-from .trainer import autocast_dtype, pick_device, seed_everything
 
 
 @dataclass
 class Built:
     """A model ready to train or score: task, tokenizer, head module (holding the backbone), methods."""
+
+    multitask: ClassVar[bool] = False  # MultiBuilt: several of these views over one model
 
     cfg: ExperimentConfig
     task: TaskSpec
@@ -48,8 +57,8 @@ class Built:
     model_path: str  # what the backbone was loaded from (the trimmed copy, or a run's best/)
     featurize: Callable
     predict: Callable
-    device: torch.device
-    amp: Optional[torch.dtype]
+    device: Optional[torch.device] = None  # set by `place`
+    amp: Optional[torch.dtype] = None
     graphed: Optional[GraphedForward] = None
     load_report: dict = field(default_factory=dict)
 
@@ -78,10 +87,16 @@ class Built:
                 "for exact agreement")
         return differ
 
+    def views(self) -> dict[str, "Built"]:
+        """Task (as the config names it) -> its single-task view: here the model itself."""
+        return {self.cfg.task: self}
+
+    def place(self, device: torch.device, amp: Optional[torch.dtype]) -> None:
+        self.model.to(device)
+        self.device, self.amp = device, amp
+
     def parameter_counts(self) -> dict:
-        params = list(self.model.parameters())
-        return {"total": sum(p.numel() for p in params),
-                "trainable": sum(p.numel() for p in params if p.requires_grad)}
+        return parameter_counts(self.model)
 
     def calibration(self, enc: Optional[Encoded]):
         """(gold, predictions) of the threshold split, for metrics that fit a threshold there."""
@@ -107,8 +122,8 @@ def load_task_split(cfg: ExperimentConfig, task: TaskSpec, split: str, limit=Non
     or the split is an `unlabelled` pool (semi-supervised PET)."""
     require_labels = False
     if training and not unlabelled:
-        head_cls, params = resolve_head(task, cfg.head)
-        require_labels = head_cls.learns_from_labels(params)
+        resolved = cfg.resolved
+        require_labels = resolved.head_cls.learns_from_labels(resolved.head_params)
     return load_split(task, split, data_dir=data_dir or cfg.data.dir, variant=cfg.data.variant,
                       on_bad_row=on_bad_row or cfg.data.on_bad_row, source=cfg.data.source, limit=limit,
                       training=training, require_labels=require_labels)
@@ -151,15 +166,6 @@ def example_texts(examples) -> list[str]:
     return texts
 
 
-def trimmed_model(model_path: str, task: TaskSpec, data_dir: Optional[str], log: Callable[[str], None]) -> str:
-    """The model with its vocabulary cut to the task's texts (+ single CJK/ASCII characters), cached.
-
-    Hidden states on those texts are unchanged; the optimizer and embedding gradients shrink by
-    the size of the unused vocabulary (most of a multilingual model).
-    """
-    return trimmed_for_texts(model_path, task_texts(task, data_dir), task.name, log)
-
-
 def trimmed_for_texts(model_path: str, texts: list[str], label: str, log: Callable[[str], None]) -> str:
     """The model trimmed to `texts` (several tasks' texts in a multi-task run), cached under `label`."""
     from ..models.trim import trim
@@ -176,8 +182,13 @@ def trimmed_for_texts(model_path: str, texts: list[str], label: str, log: Callab
     return str(out)
 
 
-def _silent(message: str) -> None:
+def silent(message: str) -> None:
     pass
+
+
+def parameter_counts(model) -> dict:
+    params = list(model.parameters())
+    return {"total": sum(p.numel() for p in params), "trainable": sum(p.numel() for p in params if p.requires_grad)}
 
 
 def check_positions(cfg: ExperimentConfig, model_path: str, methods: list[Method], log: Callable[[str], None]) -> None:
@@ -199,13 +210,13 @@ def check_positions(cfg: ExperimentConfig, model_path: str, methods: list[Method
 
 def model_for(task: TaskSpec, model_path: str, head_cfg=None, dropout: float = 0.1, methods: list[Method] = (),
               ctx: Optional[BuildContext] = None, allow_random_init: bool = False, seed: Optional[int] = None,
-              name: Optional[str] = None, log: Callable[[str], None] = _silent,
-              max_length: Optional[int] = None) -> Head:
+              name: Optional[str] = None, log: Callable[[str], None] = silent,
+              max_length: Optional[int] = None, head: Optional[tuple] = None) -> Head:
     """The head module on a backbone loaded from `model_path` as the kind the head and methods need,
-    with the methods' model surgery applied."""
+    with the methods' model surgery applied. `head`: the (class, params) a config resolved, else from `head_cfg`."""
     from ..models.positions import extend_positions, is_rotary
 
-    head_cls, head_params = resolve_head(task, head_cfg)
+    head_cls, head_params = head or resolve_head(task, head_cfg)
     model_config = load_model_config(model_path, name)
     kind = next((m.backbone_kind for m in methods if m.backbone_kind), None) or head_cls.kind_for(task, head_params, model_config)
     if seed is not None:
@@ -227,63 +238,139 @@ def model_for(task: TaskSpec, model_path: str, head_cfg=None, dropout: float = 0
     return model
 
 
+@dataclass
+class ModelSource:
+    """Where the backbone loads from: the configured model (its vocabulary trimmed to the tasks' texts
+    when that is on), or a run's best/ (`checkpoint`)."""
+
+    path: str
+    tokenizer: object
+    name: str  # how load messages name it
+    checkpoint: Optional[Path] = None
+    full_tokenizer: object = None  # reload of a trimmed run: the untrimmed tokenizer, to count mismatches
+
+    @property
+    def training(self) -> bool:
+        return self.checkpoint is None
+
+
 def build(cfg: ExperimentConfig, checkpoint: Optional[Path] = None, device: str = "auto",
-          log: Callable[[str], None] = _silent) -> Built:
+          log: Callable[[str], None] = silent):
     """Assemble the model of `cfg`: from its configured model to train, or from a run's `best/`
-    (`checkpoint`) to score, re-applying the same methods before the saved weights load."""
-    requested = cfg.train.device if device == "auto" else device
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ClueRunError("device cuda was asked for, but no CUDA device is available; use auto or cpu")
-    task = get_task(cfg.task)
-    methods = build_methods(cfg.methods)
-    head_cls, head_params = resolve_head(task, cfg.head)
-    check_methods(methods, head_cls, task, head_params)
-    full_tokenizer = None
-    if checkpoint is None:
-        model_path = resolve_model(cfg.model.name)
-        check_positions(cfg, model_path, methods, log)  # before any cache is written
-        # auto on a vocabulary that cannot or need not be trimmed: kept whole, silently (`train --dry-run` says why)
-        if cfg.model.trim_vocab and not _trim_skip(cfg, model_path):
-            model_path = trimmed_model(model_path, task, cfg.data.dir, log)
-    else:
-        model_path = str(checkpoint)
-    tokenizer = load_tokenizer(model_path)
+    (`checkpoint`) to score, re-applying the same methods before the saved weights load. A multi-task
+    config gives a `MultiBuilt` (`.multitask` True), else a `Built`."""
+    dev = pick_device(cfg.train.device if device == "auto" else device)  # before any model exists
+    source = model_source(cfg, checkpoint, log)
+    built = (assemble_multitask if cfg.is_multitask else assemble)(cfg, source, log)
     if checkpoint is not None:
-        full_tokenizer = _untrimmed_tokenizer(cfg, tokenizer)
-    ctx = BuildContext(task=task, tokenizer=tokenizer, config=cfg, log=log, training=checkpoint is None)
-    model = model_for(task, model_path, cfg.head, cfg.model.dropout, methods, ctx, cfg.model.allow_random_init,
-                      seed=cfg.train.seed, name=cfg.model.name if checkpoint is None else str(checkpoint),
-                      log=log if checkpoint is None else _silent, max_length=cfg.data.max_length)
+        load_best(checkpoint, built.model)
+    built.place(dev, autocast_dtype(cfg.train.precision, dev))
+    return built
+
+
+def model_source(cfg: ExperimentConfig, checkpoint: Optional[Path], log: Callable[[str], None]) -> ModelSource:
+    if checkpoint is not None:
+        tokenizer = load_tokenizer(str(checkpoint))
+        return ModelSource(str(checkpoint), tokenizer, str(checkpoint), Path(checkpoint),
+                           untrimmed_tokenizer(cfg, tokenizer))
+    model_path = resolve_model(cfg.model.name)
+    configs = cfg.task_configs().values()
+    for tc in configs:
+        check_positions(tc, model_path, tc.resolved.method_prototypes, log)  # before any cache is written
+    # auto on a vocabulary that cannot or need not be trimmed: kept whole, silently (`train --dry-run` says why)
+    if cfg.model.trim_vocab and not trim_skip(cfg, model_path):
+        texts = [t for tc in configs for t in task_texts(tc.resolved.task, tc.data.dir)]
+        model_path = trimmed_for_texts(model_path, texts, "+".join(tc.resolved.task.name for tc in configs), log)
+    return ModelSource(model_path, load_tokenizer(model_path), cfg.model.name)
+
+
+def assemble(cfg: ExperimentConfig, source: ModelSource, log: Callable[[str], None]) -> Built:
+    """One task's head on its backbone, the methods applied (on the CPU; `build` places it)."""
+    resolved = cfg.resolved
+    task, methods = resolved.task, resolved.methods()
+    ctx = BuildContext(task=task, tokenizer=source.tokenizer, config=cfg, log=log, training=source.training)
+    model = model_for(task, source.path, dropout=cfg.model.dropout, methods=methods, ctx=ctx,
+                      allow_random_init=cfg.model.allow_random_init, seed=cfg.train.seed, name=source.name,
+                      log=log if source.training else silent, max_length=cfg.data.max_length,
+                      head=(resolved.head_cls, resolved.head_params))
     model.bind_data(cfg.data)
     featurize, predict = model.featurize, model.predict
     for m in methods:
         featurize = m.wrap_featurizer(featurize, ctx)
         predict = m.wrap_predictor(predict, ctx)
-    if checkpoint is not None:
-        load_best(checkpoint, model)
     report = model.backbone.load_report
-    dev = pick_device(requested)
-    model.to(dev)
-    return Built(cfg, task, tokenizer, model, methods, model_path, featurize, predict, dev,
-                 autocast_dtype(cfg.train.precision, dev), load_report=report.as_dict() if report else {},
-                 full_tokenizer=full_tokenizer)
+    return Built(cfg, task, source.tokenizer, model, methods, source.path, featurize, predict,
+                 load_report=report.as_dict() if report else {}, full_tokenizer=source.full_tokenizer)
 
 
-def _trim_skip(cfg: ExperimentConfig, model_path: str) -> Optional[str]:
+@dataclass
+class MultiBuilt:
+    """A multi-task model (one shared backbone, a head per task) and every task's single-task view of it:
+    data loading, featurizing, scoring and predictions run on a view exactly as in a single-task run."""
+
+    multitask: ClassVar[bool] = True
+
+    cfg: ExperimentConfig
+    tasks: dict[str, Built]  # task name -> its single-task view (model = its head on the shared backbone)
+    model: MultiTaskModel
+    tokenizer: object
+    model_path: str
+    load_report: dict = field(default_factory=dict)
+    methods: list = field(default_factory=list)
+    device: Optional[torch.device] = None  # set by `place`
+
+    def views(self) -> dict[str, Built]:
+        return self.tasks
+
+    def place(self, device: torch.device, amp: Optional[torch.dtype]) -> None:
+        self.model.to(device)
+        self.device = device
+        for view in self.tasks.values():
+            view.device, view.amp = device, amp
+
+    def parameter_counts(self) -> dict:
+        return parameter_counts(self.model)
+
+
+def assemble_multitask(cfg: ExperimentConfig, source: ModelSource, log: Callable[[str], None]) -> MultiBuilt:
+    """Every task's head (as its config resolved it) on one `base` backbone, with the loss weighting
+    (a `sequence_classification` backbone would carry one task's label count)."""
+    configs = cfg.task_configs()
+    seed_everything(cfg.train.seed)  # new head weights depend on the seed only
+    backbone = load_backbone(source.path, "base", allow_random_init=cfg.model.allow_random_init,
+                             dropout=cfg.model.dropout, name=source.name)
+    if source.training:
+        for line in backbone.load_report.lines():
+            log(f"{source.name}: {line}")
+    heads = {name: tc.resolved.head_cls(backbone, tc.resolved.task, tc.resolved.head_params, cfg.model.dropout)
+             for name, tc in configs.items()}
+    primary = next((e.name for e in cfg.tasks if e.role == "primary"), None)
+    weighting = weighting_class(cfg.multitask.weighting)(list(configs), {e.name: e.weight for e in cfg.tasks}, primary)
+    model = MultiTaskModel(backbone, heads, weighting)
+    for p in model.new_parameters():
+        p.requires_grad_(True)
+    report = backbone.load_report.as_dict() if backbone.load_report else {}
+    views = {name: Built(tc, tc.resolved.task, source.tokenizer, heads[name], [], source.path, heads[name].featurize,
+                         heads[name].predict, load_report=report, full_tokenizer=source.full_tokenizer)
+             for name, tc in configs.items()}
+    return MultiBuilt(cfg, views, model, source.tokenizer, source.path, report)
+
+
+def trim_skip(cfg: ExperimentConfig, model_path: str) -> Optional[str]:
     """Why `trim_vocab: auto` keeps this model's vocabulary whole (None: trim, or trimming is off)."""
     from ..models.trim import trim_skip_reason
 
     return trim_skip_reason(model_path) if cfg.model.trim_vocab == "auto" else None
 
 
-def _untrimmed_tokenizer(cfg: ExperimentConfig, tokenizer):
+def untrimmed_tokenizer(cfg: ExperimentConfig, tokenizer):
     """The configured model's full tokenizer when the run trained on a trimmed vocabulary, so text the
     trimmed vocabulary splits differently is counted; None when the vocabulary was not trimmed."""
     if not cfg.model.trim_vocab:
         return None
     try:
         full_path = resolve_model(cfg.model.name)
-        if _trim_skip(cfg, full_path):
+        if trim_skip(cfg, full_path):
             return None
         full = load_tokenizer(full_path)
     except ClueRunError as err:

@@ -9,7 +9,9 @@
 
 - `clue_run_best.json`: the step, epoch and metrics this checkpoint is the best of (written last).
 
-The directory is written beside and swapped in with renames (`storage.atomic_dir`).
+The directory is written beside and swapped in with renames (`storage.atomic_dir`). `BestCheckpoint` is
+the trainer's checkpoint policy: best/ follows every evaluation that improved, and on resume a best/
+left behind by a kill is written again (the one place that repairs it; see runs.rundir for the protocol).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Optional
 
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from ..errors import ClueRunError
+from ..errors import ClueRunError, RunError
 from ..storage import atomic_dir, kill_point
 
 HEAD_FILE = "head.safetensors"
@@ -71,3 +73,35 @@ def load_best(directory: Path, model) -> None:
         raise ClueRunError(f"{directory / HEAD_FILE}: head weights do not match the run's head "
                            f"(missing {sorted(expected - set(saved))[:3]}, unexpected {sorted(set(saved) - expected)[:3]})")
     model.load_state_dict(saved, strict=False)
+
+
+def best_step(directory: Path) -> Optional[int]:
+    """The step a best/ directory holds (None: no marker, e.g. nothing saved yet)."""
+    try:
+        return json.loads((Path(directory) / BEST_MARKER).read_text(encoding="utf-8"))["step"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+class BestCheckpoint:
+    """The trainer's checkpoint policy: `save_best` after an evaluation that improved (after the resume
+    state that names it is committed), `resumed` once the committed state is loaded. `writes` False
+    (a data-parallel rank > 0): it writes nothing."""
+
+    def __init__(self, directory: Path, model, tokenizer, methods, writes: bool = True):
+        self.directory, self.model, self.tokenizer, self.methods = Path(directory), model, tokenizer, methods
+        self.writes = writes
+
+    def save_best(self, best: dict) -> None:
+        if self.writes:
+            save_best(self.directory, self.model, self.tokenizer, self.methods, best)
+
+    def resumed(self, best: Optional[dict], step: int) -> None:
+        """Repair a stale best/: killed after the commit that made `best` the best step, before best/ was
+        swapped in, the committed weights ARE that step's (it is the last commit), so best/ is written from them."""
+        if not self.writes or best is None or best_step(self.directory) == best["step"]:
+            return
+        if best["step"] != step:
+            raise RunError(f"{self.directory}: holds step {best_step(self.directory)}, the run's best is step "
+                           f"{best['step']} and its weights are no longer saved; start the run again")
+        self.save_best(best)

@@ -23,6 +23,11 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def local_rank() -> int:
+    """This process's index on its machine: the GPU it uses."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def is_main() -> bool:
     return rank() == 0
 
@@ -32,13 +37,14 @@ def enabled() -> bool:
 
 
 def init(device: torch.device) -> None:
-    """Join the process group (gloo on CPU, nccl on CUDA) once; on CUDA each process uses its LOCAL_RANK GPU."""
+    """Join the process group (gloo on CPU, nccl on CUDA) once; on CUDA `device` is this process's LOCAL_RANK GPU
+    (engine.device.pick_device), made the current one so collectives run there."""
     import torch.distributed as dist
 
     if not enabled() or dist.is_initialized():
         return
     if device.type == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device if device.index is not None else local_rank())
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 

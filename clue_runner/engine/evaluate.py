@@ -1,18 +1,20 @@
-"""Outputs of a model over a split, and their scores."""
+"""Outputs of a model over a split, and their scores; `SplitEvaluator`, the trainer's evaluator of one task."""
 
 from __future__ import annotations
 
 import time
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..features import Encoded, collate, eval_batches, to_device
-from ..features.batching import cpu_eval_tokens
+from ..features.batching import cpu_eval_tokens, padding_share
 from ..heads import MASKED
 from ..metrics import compute_metrics
+from ..storage import kill_point
 from .cuda_graphs import GraphedForward, StaticBatcher
 
 
@@ -63,5 +65,53 @@ def _stack(parts: list[torch.Tensor]) -> torch.Tensor:
 
 
 def score(task, predict, outputs: np.ndarray, enc: Encoded, calibration=None) -> dict[str, float]:
-    preds = predict(torch.from_numpy(outputs), enc)
+    return score_predictions(task, enc, predict(torch.from_numpy(outputs), enc), calibration)
+
+
+def score_predictions(task, enc: Encoded, preds, calibration=None) -> dict[str, float]:
     return compute_metrics(task.metrics, enc.targets, preds, len(task.label.values), calibration)
+
+
+@dataclass
+class Predictions:
+    """Decoded predictions of one evaluation, in the order of the examples whose ids they hold."""
+
+    ids: list
+    predictions: Any
+
+
+class SplitEvaluator:
+    """One task's model scored on its encoded eval split (a `trainer.Evaluator`). After each evaluation,
+    `seconds` is the model's time over the split and `last_predictions` what it predicted."""
+
+    def __init__(self, built, enc: Encoded, ids: list, threshold_enc: Optional[Encoded] = None):
+        self.built, self.enc, self.ids, self.threshold_enc = built, enc, ids, threshold_enc
+        self.main_metric = built.task.main_metric
+        self.seconds: Optional[float] = None
+        self.last_predictions: Optional[Predictions] = None
+
+    @property
+    def examples(self) -> int:
+        return len(self.enc)
+
+    def evaluate(self) -> dict[str, float]:
+        built = self.built
+        logits, self.seconds = built.logits(self.enc)
+        kill_point("evaluated")
+        calibration = built.calibration(self.threshold_enc)
+        preds = built.predict(torch.from_numpy(logits), self.enc)
+        self.last_predictions = Predictions(self.ids, preds)
+        return score_predictions(built.task, self.enc, preds, calibration)
+
+    def timed_seconds(self) -> float:
+        """The last evaluation's time; none ran in this process (resumed after the last one): one is timed."""
+        if self.seconds is None:
+            self.seconds = self.built.logits(self.enc)[1]
+        return self.seconds
+
+    def padding_share(self) -> Optional[float]:
+        built = self.built
+        if built.graphed is not None:  # eager batches only: CUDA graphs pad to their captured shapes
+            return None
+        batch_size = built.cfg.train.eval_batch_size
+        return round(padding_share(self.enc, eval_plan(self.enc, batch_size, built.device)), 4)

@@ -3,8 +3,9 @@
 batches → loss → backward → (method hooks) → clip → step → schedule → evaluate every
 epoch or N steps → keep best by the main metric → early stopping. `Trainer.run` is a
 generator (after spaCy's `train_while_improving`): it yields an `Event` after every
-evaluation and checkpoint, and the caller logs and saves. Resume state (model, optimizer,
-scheduler, RNG, data position: three times the model) is written atomically only where it is
+evaluation and checkpoint, and the caller logs. It is handed an `Evaluator` (scores the model)
+and a `CheckpointPolicy` (keeps best/) and calls them, never the caller's code. Resume state
+(model, optimizer, scheduler, RNG, data position: three times the model) is written atomically only where it is
 needed: at an evaluation that improved (the commit `best/` follows, see runs.rundir), at every
 `checkpoint_every` steps, and at an evaluation after RESUME_AFTER_SECONDS of training without a
 commit. Every other evaluation is redone exactly after a kill (batch order and RNG are restored).
@@ -18,7 +19,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Protocol
 
 import numpy as np
 import torch
@@ -30,31 +31,11 @@ from ..features.batching import EncodedSource, padded_tokens
 from ..storage import atomic_save, kill_point
 from . import distributed
 from .cuda_graphs import GraphedTrainStep, StaticBatcher
+from .device import autocast_dtype, seed_everything
 
 RESUME_FILE = "trainer.pt"
 # A kill loses at most about this much training since the last commit (unless checkpoint_every says less).
 RESUME_AFTER_SECONDS = 600.0
-
-
-def seed_everything(seed: int) -> None:
-    """Python, NumPy and torch (CPU and CUDA) generators, as transformers seeds them."""
-    from transformers import set_seed
-
-    set_seed(seed % 2**32)
-
-
-def pick_device(requested: str) -> torch.device:
-    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
-    if device.type == "cuda" and precision in ("auto", "bf16"):
-        return torch.bfloat16
-    if device.type == "cuda" and precision == "fp16":
-        return torch.float16
-    return None  # fp32 on CPU: bf16 autocast there is slow and not what users compare against
 
 
 def fast_path_blocker(cfg, methods, device: torch.device, model=None) -> Optional[str]:
@@ -95,6 +76,22 @@ class TrainState:
     pending_count: int = 0
 
 
+class Evaluator(Protocol):
+    """Scores the model as it is now (engine.evaluate.SplitEvaluator; several tasks: multitask.run)."""
+
+    main_metric: str  # the metric that decides best/ and early stopping
+
+    def evaluate(self) -> dict[str, float]: ...
+
+
+class CheckpointPolicy(Protocol):
+    """Keeps the best step's checkpoint (engine.checkpoint.BestCheckpoint)."""
+
+    def save_best(self, best: dict) -> None: ...
+
+    def resumed(self, best: Optional[dict], step: int) -> None: ...
+
+
 @dataclass
 class Event:
     kind: str  # "eval" or "checkpoint"
@@ -104,14 +101,15 @@ class Event:
 
 
 class Trainer:
-    def __init__(self, model, loss_fn: Callable, methods: list, train_data, evaluate: Callable[[], dict],
-                 main_metric: str, cfg, pad_id: int, device: torch.device, resume_dir: Optional[Path] = None,
-                 log_dir: Optional[Path] = None, run_config: Optional[dict] = None):
+    def __init__(self, model, loss_fn: Callable, methods: list, train_data, evaluator: Evaluator, cfg, pad_id: int,
+                 device: torch.device, checkpoints: Optional[CheckpointPolicy] = None,
+                 resume_dir: Optional[Path] = None, log_dir: Optional[Path] = None, run_config: Optional[dict] = None):
         self.model, self.loss_fn, self.methods = model, loss_fn, methods
         # Training data: one task's Encoded, or a batch source (epoch → items, collate; e.g. several tasks)
         if isinstance(train_data, Encoded):
             train_data = EncodedSource(train_data, cfg.batch_size, cfg.seed, cfg.group_by_length)
-        self.source, self.evaluate, self.main_metric = train_data, evaluate, main_metric
+        self.source, self.evaluator, self.main_metric = train_data, evaluator, evaluator.main_metric
+        self.checkpoints = checkpoints
         self.cfg, self.pad_id, self.device = cfg, pad_id, device
         self.resume_dir = resume_dir
         self.amp = autocast_dtype(cfg.precision, device)
@@ -148,6 +146,8 @@ class Trainer:
             self.static_batch = StaticBatcher(self.source.data, pad_id, cfg.batch_size)
         if resume_dir is not None and (resume_dir / RESUME_FILE).is_file():
             self._load(resume_dir)
+        if checkpoints is not None:
+            checkpoints.resumed(self.state.best, self.state.step)
         from .loggers import open_loggers
 
         self.loggers = open_loggers(getattr(cfg, "report_to", []), log_dir,
@@ -212,7 +212,7 @@ class Trainer:
         self._loss_sum = torch.tensor(state.pending_loss, device=self.device)
         self.model.train()
         if self.total_steps == 0:  # nothing to train, so nothing to resume either
-            yield self._eval()
+            yield self._keep(self._eval())
             return
         if state.stopped_early:  # resumed after the early stop was saved: nothing left to train
             return
@@ -245,7 +245,7 @@ class Trainer:
                     if event is not None:
                         if self._needs_commit(event):
                             self._save(self.resume_dir)
-                        yield event
+                        yield self._keep(event)
                         self._mark()
                     if last or state.stopped_early:
                         return
@@ -278,6 +278,12 @@ class Trainer:
         state.real_tokens += self.source.real_tokens(item)
         state.padded_tokens += padded_tokens(host)
 
+    def _keep(self, event: Event) -> Event:
+        """best/ follows an evaluation that improved, after the commit of the resume state that names it."""
+        if event.improved and self.checkpoints is not None:
+            self.checkpoints.save_best(self.state.best)
+        return event
+
     def _needs_commit(self, event: Event) -> bool:
         every = self.cfg.checkpoint_every
         return (event.kind == "checkpoint" or event.improved or bool(every and self.state.step % every == 0)
@@ -309,7 +315,7 @@ class Trainer:
     def _eval(self) -> Event:
         state = self.state
         self.model.eval()
-        metrics = self.evaluate()
+        metrics = self.evaluator.evaluate()
         self.model.train()
         main = metrics[self.main_metric]
         improved = state.best is None or _better(main, state.best["metrics"][self.main_metric])

@@ -112,8 +112,3 @@ def resolve_head(task, head_cfg=None) -> tuple[type[Head], Params]:
     """The head class named in the config (else the task's), with its options validated."""
     name = head_name(task, head_cfg)
     return HEADS.get(name), head_params(name, head_options(task, head_cfg))
-
-
-def build_head(task, backbone: nn.Module, head_cfg=None, dropout: float = 0.1) -> Head:
-    cls, params = resolve_head(task, head_cfg)
-    return cls(backbone, task, params, dropout)

@@ -3,8 +3,10 @@ per-task evaluation with a weighted main score, and every task's scores in the r
 
 from __future__ import annotations
 
+from typing import Optional
+
 from ..runs.result import task_section
-from .build import MultiBuilt
+from ..engine.build import MultiBuilt
 from .schedule import MultiTaskSource, task_probabilities
 
 MAIN_METRIC = "weighted_main"  # Σ weight_i · main metric_i / Σ weight_i: early stopping and best/
@@ -20,15 +22,49 @@ def weighted_main(metrics: dict[str, dict[str, float]], main: dict[str, str], we
     return sum(weights[n] * metrics[n][main[n]] for n in metrics) / total
 
 
-class MultiPrepared:
-    """The tasks' single-task preparations (`api._Prepared`, sharing one model) as one run."""
+def combined_metrics(per_task: dict[str, dict[str, float]], main: dict[str, str], weights: dict[str, float]) -> dict:
+    """The weighted main score, then every task's metrics under `task/metric`."""
+    metrics = {MAIN_METRIC: weighted_main(per_task, main, weights)}
+    for name, scores in per_task.items():
+        metrics.update({task_metric(name, k): v for k, v in scores.items()})
+    return metrics
+
+
+class MultiTaskEvaluator:
+    """Every task's `SplitEvaluator`, combined (a `trainer.Evaluator`)."""
 
     main_metric = MAIN_METRIC
 
+    def __init__(self, evaluators: dict, weights: dict[str, float]):
+        self.evaluators, self.weights = evaluators, weights
+
+    @property
+    def examples(self) -> int:
+        return sum(e.examples for e in self.evaluators.values())
+
+    @property
+    def last_predictions(self) -> dict:
+        return {name: e.last_predictions for name, e in self.evaluators.items()}
+
+    def evaluate(self) -> dict[str, float]:
+        per_task = {name: e.evaluate() for name, e in self.evaluators.items()}
+        return combined_metrics(per_task, {n: e.main_metric for n, e in self.evaluators.items()}, self.weights)
+
+    def timed_seconds(self) -> float:
+        return sum(e.timed_seconds() for e in self.evaluators.values())
+
+    def padding_share(self) -> Optional[float]:
+        return None  # per task in each task's own runs; one share over several tasks' batches says little
+
+
+class MultiPrepared:
+    """The tasks' single-task preparations (`runs.prepare.Prepared`, sharing one model) as one run."""
+
     def __init__(self, cfg, built: MultiBuilt, parts: dict):
         self.cfg, self.built, self.parts = cfg, built, parts
-        self.weights = {e.name: e.weight for e in cfg.tasks}
-        self.roles = {e.name: e.role for e in cfg.tasks}
+        self.entries = {e.name: e for e in cfg.tasks}
+        self.evaluator = MultiTaskEvaluator({n: p.evaluator for n, p in parts.items()},
+                                            {e.name: e.weight for e in cfg.tasks})
         self.train_source = None
         if cfg.train.max_steps != 0:
             data = {n: p.train_enc for n, p in parts.items()}
@@ -38,29 +74,8 @@ class MultiPrepared:
             self.train_source = MultiTaskSource(data, cfg.train.batch_size, cfg.train.seed, cfg.train.group_by_length,
                                                 probabilities)
 
-    @property
-    def eval_examples(self) -> int:
-        return sum(p.eval_examples for p in self.parts.values())
-
-    def evaluate(self) -> tuple[dict, float]:
-        per_task, seconds = {}, 0.0
-        for name, part in self.parts.items():
-            per_task[name], s = part.evaluate()
-            seconds += s
-        main = {n: p.main_metric for n, p in self.parts.items()}
-        metrics = {MAIN_METRIC: weighted_main(per_task, main, self.weights)}
-        for name, scores in per_task.items():
-            metrics.update({task_metric(name, k): v for k, v in scores.items()})
-        return metrics, seconds
-
-    def eval_padding_share(self, batch_size: int):
-        return None  # per task in each task's own runs; one share over several tasks' batches says little
-
-    def time_eval(self) -> float:
-        return sum(p.time_eval() for p in self.parts.values())
-
     def summary_line(self, cfg) -> str:
-        sizes = ", ".join(f"{n} {len(p.train_enc) if p.train_enc is not None else 0}/{p.eval_examples}"
+        sizes = ", ".join(f"{n} {len(p.train_enc) if p.train_enc is not None else 0}/{p.evaluator.examples}"
                           for n, p in self.parts.items())
         return (f"[bold]{cfg.run_name}[/] · {cfg.model.name} · {cfg.method_label()} · seed {cfg.train.seed} · "
                 f"train/eval examples {sizes}")
@@ -83,6 +98,7 @@ class MultiPrepared:
             def scores(record, name=name, part=part):
                 return {m: record["metrics"][task_metric(name, m)] for m in part.task.metrics
                         if task_metric(name, m) in record["metrics"]}
-            out[name] = {**task_section(part.task, part.built.cfg), "weight": self.weights[name],
-                         "role": self.roles[name], "best": scores(state.best), "final": scores(state.history[-1])}
+            entry = self.entries[name]
+            out[name] = {**task_section(part.task, part.built.cfg), "weight": entry.weight, "role": entry.role,
+                         "best": scores(state.best), "final": scores(state.history[-1])}
         return out

@@ -37,11 +37,3 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self._lock.release()
-
-    def held_elsewhere(self) -> bool:
-        """Whether another process holds the lock now (takes and drops it when free)."""
-        try:
-            with self:
-                return False
-        except RunLocked:
-            return True

@@ -10,23 +10,23 @@
     predictions/, run.json   atomic files; run.json last: the run is finished when it exists
     .lock              flock held by the one process working on the run
 
-Recovery on resume (`RunDir.recover` + `best_is_stale`): an interrupted `best/` swap is rolled
-back, leftovers of killed writers are removed, and a `best/` older than the committed state is
-saved again from the committed weights (they are the best step's weights: best/ is only ever
-behind when the commit that made it best is the last one). No resume state at all means the run
+Recovery on resume (`RunDir.recover`): an interrupted `best/` swap is rolled back and leftovers of
+killed writers are removed. A `best/` older than the committed state is saved again from the
+committed weights by the trainer's checkpoint policy once it has loaded them
+(`engine.checkpoint.BestCheckpoint.resumed`: they are the best step's weights, since best/ is only
+ever behind when the commit that made it best is the last one). No resume state at all means the run
 was killed before its first checkpoint: it starts over in the same directory.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Optional
 
-from ..errors import RunError
-from ..engine.checkpoint import BEST_MARKER
+from ..config import ExperimentConfig, load_config
 from ..engine.trainer import RESUME_FILE
+from ..errors import RunError
 from ..storage import DirLock, Locked, atomic_write_text, kill_point, finish_dir_swap, remove_stale_tmp, swap_dir_in, tmp_sibling
 from .naming import new_run_dir
 from .result import RESULT_FILE
@@ -35,6 +35,14 @@ CONFIG_FILE = "config.yaml"
 BEST_DIR = "best"
 RESUME_DIR = "resume"
 PREDICTIONS_DIR = "predictions"
+
+
+def saved_config(run_dir: Path) -> ExperimentConfig:
+    """The config a run directory was trained with."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise RunError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
+    return load_config(path)
 
 
 class RunDir:
@@ -127,12 +135,6 @@ class RunDir:
         elif not self.has_resume_state():  # killed before the first checkpoint: start over
             for d in (self.best, self.resume, self.path / PREDICTIONS_DIR):
                 shutil.rmtree(d, ignore_errors=True)
-
-    def best_step(self) -> Optional[int]:
-        try:
-            return json.loads((self.best / BEST_MARKER).read_text(encoding="utf-8"))["step"]
-        except (OSError, ValueError, KeyError):
-            return None
 
     def release(self) -> None:
         if self._held is not None:
