@@ -107,13 +107,13 @@ def worker(spec: dict) -> dict:
         with cpu_clocks():
             run_dir = api.train(cfg, log=lambda _: None)
         result = api.read_run(run_dir)
-        ct = result["methods"].get("child_tuning", {})
-        out = {"score": result["best"]["metrics"][result["task"]["main_metric"]],
-               "train_samples_per_s": result["throughput"]["train_samples_per_s"],
-               "train_cpu_seconds": result["throughput"]["train_seconds"],
-               "steps": result["steps"], "samples": result["steps"] * HP["batch_size"],
-               "train_examples": result["data"]["train"]["examples"] if result["data"]["train"] else None,
-               "trainable": result["model"]["trainable_parameters"], "total": result["model"]["parameters"],
+        ct = result.methods.get("child_tuning", {})
+        out = {"score": result.main_score,
+               "train_samples_per_s": result.throughput.train_samples_per_s,
+               "train_cpu_seconds": result.throughput.train_seconds,
+               "steps": result.steps, "samples": result.steps * HP["batch_size"],
+               "train_examples": result.data.train.examples if result.data.train else None,
+               "trainable": result.model.trainable_parameters, "total": result.model.parameters,
                "fisher_cpu_seconds": ct.get("fisher_pass_cpu_seconds"), "run_dir": str(run_dir)}
     out.update(peak_rss_mib=peak_rss_mib(), loaded_rss_mib=loaded_rss, start_rss_mib=start_rss)
     return out

@@ -114,7 +114,7 @@ def runs(args) -> None:
                     print(f"{task} {row} seed {seed}: not run: {err}", flush=True)
                     continue
                 result = api.read_run(run_dir)
-                score = result["best"]["metrics"][result["task"]["main_metric"]]
+                score = result.main_score
                 print(f"{task} {row} seed {seed}: {score:.4f} ({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
 
 

@@ -87,10 +87,10 @@ def run_runner(model_dir, data_dir, hp, seed, cuda_graphs, out, max_steps=None):
     })
     torch.cuda.reset_peak_memory_stats()
     result = api.read_run(api.train(cfg, log=lambda _: None))
-    t = result["throughput"]
-    return {"train_samples_per_s": t["train_samples_per_s"], "eval_samples_per_s": t["eval_samples_per_s"],
-            "accuracy": result["final"]["metrics"]["accuracy"], "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
-            "padding_share": t["padding_share"]}
+    t = result.throughput
+    return {"train_samples_per_s": t.train_samples_per_s, "eval_samples_per_s": t.eval_samples_per_s,
+            "accuracy": result.final.metrics["accuracy"], "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "padding_share": t.padding_share}
 
 
 def mean(rows, key):
@@ -151,10 +151,10 @@ def cpu_runner(cfg) -> dict:
     reset_peak_rss()
     with cpu_clocks():
         result = api.read_run(api.train(cfg, log=lambda _: None))
-    t = result["throughput"]
-    return {"train_samples_per_s": t["train_samples_per_s"], "eval_samples_per_s": t["eval_samples_per_s"],
-            "score": result["final"]["metrics"][result["task"]["main_metric"]], "peak_mib": peak_rss_mib(),
-            "eval_padding_share": t["eval_padding_share"], "threads": torch.get_num_threads()}
+    t = result.throughput
+    return {"train_samples_per_s": t.train_samples_per_s, "eval_samples_per_s": t.eval_samples_per_s,
+            "score": result.final.metrics[result.task.main_metric], "peak_mib": peak_rss_mib(),
+            "eval_padding_share": t.eval_padding_share, "threads": torch.get_num_threads()}
 
 
 def cpu_trainer(cfg) -> dict:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from .data.splits import SplitData
     from .engine.build import Built
     from .engine.trainer import Event
+    from .runs.result import RunResult
 
 
 def train(cfg: Optional["ExperimentConfig"], resume: Optional[Path] = None,
@@ -76,7 +77,7 @@ def predict(run_dir: Path, split: str = "test", data_dir: Optional[str] = None, 
     return scoring.predict(run_dir, split, data_dir, clue_version, out, device)
 
 
-def read_run(run_dir: Path) -> dict:
+def read_run(run_dir: Path) -> "RunResult":
     """A run's run.json (older schema versions migrated)."""
     from .runs.result import read_result
 

@@ -203,17 +203,8 @@ class ExperimentConfig(Strict):
         for i, name in enumerate(names):
             if name in names[:i]:
                 raise ValueError(f"tasks.{i}.name: {name!r} is listed twice")
+        self._task_configs = self._check_task_heads()
         mt = self.multitask
-        configs = {}
-        for i, entry in enumerate(self.tasks):
-            try:
-                single = configs[entry.name] = self.task_config(entry)
-            except ConfigError as err:
-                raise ValueError(f"tasks.{i} ({entry.name}): {err}") from None
-            head_cls = single.resolved.head_cls
-            if head_cls.requires_kind not in (None, "base"):
-                raise ValueError(f"tasks.{i}.head: head {head_cls.__name__} needs its own {head_cls.requires_kind} "
-                                 "backbone; tasks in one run share a base encoder")
         try:
             weighting = weighting_class(mt.weighting)
         except ConfigError as err:
@@ -229,18 +220,23 @@ class ExperimentConfig(Strict):
         if mt.per_step == "scheduled" and mt.schedule is None:
             mt.schedule = "proportional"
         _check_frequencies(mt, names)
-        roles = [entry.role for entry in self.tasks]
-        if mt.weighting == "primary_auxiliary":
-            primaries = roles.count("primary")
-            if primaries != 1:
-                raise ValueError(f"tasks: the primary_auxiliary weighting needs exactly one task with role: primary "
-                                 f"(found {primaries})")
-        elif any(roles):
-            i = next(i for i, r in enumerate(roles) if r)
-            raise ValueError(f"tasks.{i}.role: only the primary_auxiliary weighting reads roles "
-                             f"(weighting is {mt.weighting})")
-        self._task_configs = configs
+        _check_roles(mt, [entry.role for entry in self.tasks])
         return self
+
+    def _check_task_heads(self) -> dict:
+        """Each task resolves on its own, and its head runs on the one base encoder the tasks share.
+        Returns the per-task configs (resolved once, kept for the build)."""
+        configs = {}
+        for i, entry in enumerate(self.tasks):
+            try:
+                single = configs[entry.name] = self.task_config(entry)
+            except ConfigError as err:
+                raise ValueError(f"tasks.{i} ({entry.name}): {err}") from None
+            head_cls = single.resolved.head_cls
+            if head_cls.requires_kind not in (None, "base"):
+                raise ValueError(f"tasks.{i}.head: head {head_cls.__name__} needs its own {head_cls.requires_kind} "
+                                 "backbone; tasks in one run share a base encoder")
+        return configs
 
     def task_config(self, entry: TaskEntry) -> "ExperimentConfig":
         """The single-task config of one entry of `tasks:` (its data options over the top-level ones):
@@ -318,7 +314,20 @@ def _check_frequencies(mt: MultitaskConfig, names: list[str]) -> None:
         raise ValueError(f"multitask.frequencies: only schedule fixed reads them (schedule is {mt.schedule})")
 
 
-def _set_path(tree: dict, dotted: str, value: Any) -> None:
+def _check_roles(mt, roles: list[Optional[str]]) -> None:
+    if mt.weighting == "primary_auxiliary":
+        primaries = roles.count("primary")
+        if primaries != 1:
+            raise ValueError(f"tasks: the primary_auxiliary weighting needs exactly one task with role: primary "
+                             f"(found {primaries})")
+    elif any(roles):
+        i = next(i for i, r in enumerate(roles) if r)
+        raise ValueError(f"tasks.{i}.role: only the primary_auxiliary weighting reads roles "
+                         f"(weighting is {mt.weighting})")
+
+
+def set_path(tree: dict, dotted: str, value: Any) -> None:
+    """Set `a.b.0.c` in a raw (YAML) config tree, as `--set` does; a missing or wrong-typed step is one line."""
     node = tree
     *parents, leaf = dotted.split(".")
     for depth, key in enumerate([*parents, leaf]):
@@ -442,7 +451,7 @@ def build_config(raw: dict, overrides: list[str] = (), source: str = "config") -
     raw = dict(raw or {})
     for item in overrides:
         key, value = parse_override(item)
-        _set_path(raw, key, value)
+        set_path(raw, key, value)
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as err:

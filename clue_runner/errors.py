@@ -39,6 +39,12 @@ class SubmitError(ClueRunError):
     """Predictions that a leaderboard would refuse."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (a library's traceback-sized text shown as one line)."""
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
 def is_disk_error(err: BaseException) -> bool:
     return isinstance(err, OSError) and err.errno in DISK_ERRNOS
 

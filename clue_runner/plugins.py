@@ -1,4 +1,5 @@
-"""The one table of built-in names: every head, method, metric and row parser clue-run ships,
+"""The one table of built-in names: every head, method, metric, row parser, data format and
+submission format clue-run ships,
 as "module:object" entries that the registries import on first use.
 
 Adding a built-in = one line here. A task YAML or a config can name anything listed (or added
@@ -22,6 +23,7 @@ HEADS: Registry = Registry("head", {
 
 METHODS: Registry = Registry("method", {
     "fgm": "clue_runner.methods.adversarial:FGM",
+    "gradient_penalty": "clue_runner.methods.adversarial:GradientPenalty",
     "rdrop": "clue_runner.methods.regularization:RDrop",
     "lora": "clue_runner.methods.lora:LoRA",
     "long_positions": "clue_runner.methods.long_positions:LongPositions",
@@ -55,6 +57,24 @@ PARSERS: Registry = Registry("input encoder", {
     "idiom_cloze": "clue_runner.data.parsers:parse_idiom_cloze",
     "entity_spans": "clue_runner.data.parsers:parse_entity_spans",
 }, "clue_run.parsers")
+
+# Data file formats (`data.format` in a task YAML): a DataFormat reads a file into rows.
+DATA_FORMATS: Registry = Registry("data format", {
+    "jsonl": "clue_runner.data.readers:JSONL",
+    "tsv": "clue_runner.data.readers:TSV",
+    "csv": "clue_runner.data.readers:CSV",
+    "lines": "clue_runner.data.readers:LINES",
+    "squad": "clue_runner.data.readers:SQUAD",
+    "c3": "clue_runner.data.readers:C3",
+}, "clue_run.data_formats")
+
+# Leaderboard file layouts (`submission.format` in a task YAML): writing and checking prediction files.
+SUBMISSION_FORMATS: Registry = Registry("submission format", {
+    "jsonl_label": "clue_runner.leaderboard:JSONL_LABEL",
+    "jsonl_index": "clue_runner.leaderboard:JSONL_INDEX",
+    "json_object": "clue_runner.leaderboard:JSON_OBJECT",
+    "jsonl_entities": "clue_runner.leaderboard:JSONL_ENTITIES",
+}, "clue_run.submission_formats")
 
 # Multi-task loss weightings (`multitask.weighting` in a config): per-task losses → the loss to backpropagate.
 WEIGHTINGS: Registry = Registry("loss weighting", {

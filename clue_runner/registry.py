@@ -63,10 +63,12 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            known = self.names()
-            raise ConfigError(
-                f"unknown {self.kind} {name!r}{did_you_mean(name, known)} (known: {', '.join(known)})"
-            ) from None
+            raise ConfigError(self.unknown(name)) from None
+
+    def unknown(self, name: str) -> str:
+        """The line that refuses an unregistered name: the closest known one and the full list."""
+        known = self.names()
+        return f"unknown {self.kind} {name!r}{did_you_mean(name, known)} (known: {', '.join(known)})"
 
     def __contains__(self, name: str) -> bool:
         self._scan_entry_points()

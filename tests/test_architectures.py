@@ -169,13 +169,13 @@ def test_train_and_reload_same_score(arch, head, checkpoints, data_dir, tmp_path
     cfg = _cfg(checkpoints(arch), task, options, data, data_dir, tmp_path)
     run_dir = api.train(cfg, log=lambda _: None)
     result = api.read_run(run_dir)
-    assert result["steps"] == 2
+    assert result.steps == 2
     # What `clue-run eval` does (api.evaluate), on the run's 16 dev examples rather than the whole split.
     run = api.load_run(run_dir, "cpu")
     enc = run.encode(load_task_split(run.cfg, run.task, "dev", limit=16))
     logits, _ = run.logits(enc)
     again = score(run.task, run.predict, logits, enc, None)
-    assert again == pytest.approx(result["best"]["metrics"], abs=1e-6)
+    assert again == pytest.approx(result.best.metrics, abs=1e-6)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "qwen2", "llama"])

@@ -66,12 +66,12 @@ def test_lora_run_reloads_with_its_exact_score_and_exports_merged(tiny_model, da
                    lr=5e-3)
     run_dir = api.train(cfg, log=quiet)
     result = api.read_run(run_dir)
-    assert result["method"] == "finetune+lora(r=4,alpha=8,dropout=0)"
-    params = result["model"]
-    assert 0 < params["trainable_parameters"] < 0.2 * params["parameters"]
+    assert result.method == "finetune+lora(r=4,alpha=8,dropout=0)"
+    params = result.model
+    assert 0 < params.trainable_parameters < 0.2 * params.parameters
     evaluated = api.evaluate(run_dir, "dev", str(data_dir))
     assert evaluated["examples"] == 160
-    assert evaluated["metrics"] == result["best"]["metrics"]
+    assert evaluated["metrics"] == result.best.metrics
 
     best = run_dir / "best"
     assert (best / "adapter" / "adapter_config.json").is_file()
@@ -161,7 +161,7 @@ def test_heads_outside_transformers_keep_their_weights_beside(tiny_model, data_d
     run_dir = api.train(cfg, log=quiet)
     encoder, info = AutoModel.from_pretrained(run_dir / "best", output_loading_info=True)
     assert not info["missing_keys"]
-    assert api.evaluate(run_dir, "dev", str(data_dir))["metrics"] == api.read_run(run_dir)["best"]["metrics"]
+    assert api.evaluate(run_dir, "dev", str(data_dir))["metrics"] == api.read_run(run_dir).best.metrics
 
 
 # -- honest loading ---------------------------------------------------------------------------
@@ -262,7 +262,7 @@ def test_fgm_perturbs_the_second_segment_of_a_bi_encoder(tiny_model, data_dir):
     from clue_runner.data.splits import load_split
     from clue_runner.engine.build import model_for
     from clue_runner.features import collate, encode_examples
-    from clue_runner.methods import build_methods
+    from clue_runner.methods import StepContext, build_methods
     from clue_runner.models import load_tokenizer
     from clue_runner.tasks import get_task
 
@@ -287,7 +287,7 @@ def test_fgm_perturbs_the_second_segment_of_a_bi_encoder(tiny_model, data_dir):
 
     before = emb.detach().clone()
     compute(batch)[0].backward()
-    fgm.after_backward(model, batch, compute, 1.0)
+    fgm.after_backward(model, batch, StepContext(compute))
     moved = (seen[-1] != before).any(-1)
     assert moved[sorted(only_b)].all()  # rows only the second segment uses were perturbed too
     assert torch.equal(emb, before)  # and restored exactly

@@ -33,7 +33,7 @@ def test_yaml_scientific_string_is_coerced(tmp_path):
         ({"task": "afqmc", "methods": [{"name": "fgn"}]}, [], "unknown method 'fgn'; did you mean 'fgm'?"),
         ({"task": "afqmc", "methods": [{"name": "fgm", "epsilon": -1}]}, [], "methods.0.epsilon: Input should be greater than 0"),
         ({"task": "afqmc", "methods": [{"name": "fgm", "eps": 1}]}, [], "methods.0.eps: unknown key"),
-        ({"task": "afqmc", "methods": [{"name": "rdrop"}, {"name": "rdrop"}]}, [], "both replace the loss"),
+        ({"task": "afqmc", "methods": [{"name": "rdrop"}, {"name": "rdrop"}]}, [], "lists a method twice"),
         ({"task": "fewclue_eprstmt", "data": {"variant": "7"}}, [], "has no variant '7'"),
         ({"task": "afqmc", "data": {"variant": "0"}}, [], "has no split variants"),
     ],

@@ -71,10 +71,10 @@ def test_an_evaluation_that_did_not_improve_writes_nothing(tiny_model, data_dir,
     writes, monkeypatch = counted_writes
     run_dir = api.train(make_cfg(tiny_model, data_dir, tmp_path, **train), log=lambda _: None)
     result = api.read_run(run_dir)
-    assert [h["metrics"]["accuracy"] for h in result["history"]] == SCRIPTED
+    assert [h.metrics["accuracy"] for h in result.history] == SCRIPTED
     assert writes["best"] == [1, 2, 5]
     assert writes["resume"] == resume_steps
-    assert result["best"]["step"] == 5
+    assert result.best.step == 5
     assert json.loads((run_dir / "best" / "clue_run_best.json").read_text())["step"] == 5
 
 
@@ -104,9 +104,9 @@ def test_killed_after_an_uncommitted_evaluation_resumes_identical(tiny_model, da
         api.train(make_cfg(tiny_model, data_dir, tmp_path / "cut"), on_event=kill_at_step_4, log=lambda _: None)
     (run_dir,) = list((tmp_path / "cut").glob("*/*/*"))
     resumed = api.read_run(api.train(None, resume=run_dir, log=lambda _: None))
-    assert [h["metrics"] for h in resumed["history"]] == [h["metrics"] for h in full["history"]]
-    assert [h["train_loss"] for h in resumed["history"]] == pytest.approx([h["train_loss"] for h in full["history"]])
-    assert resumed["best"] == full["best"]
+    assert [h.metrics for h in resumed.history] == [h.metrics for h in full.history]
+    assert [h.train_loss for h in resumed.history] == pytest.approx([h.train_loss for h in full.history])
+    assert resumed.best == full.best
 
 
 def test_cpu_evaluation_pads_less_and_predicts_as_one_example_at_a_time(tiny_model, data_dir, tmp_path):
@@ -128,7 +128,7 @@ def test_cpu_evaluation_pads_less_and_predicts_as_one_example_at_a_time(tiny_mod
     capped = padding_share(enc, eval_plan(enc, 128, cpu))
     assert capped < 0.5 * uncapped
     assert api.read_run(api.train(make_cfg(tiny_model, data_dir, tmp_path / "run", max_steps=1, data={
-        "max_length": 128, "max_eval_examples": None}), log=lambda _: None))["throughput"]["eval_padding_share"] == \
+        "max_length": 128, "max_eval_examples": None}), log=lambda _: None)).throughput.eval_padding_share == \
         pytest.approx(capped, abs=1e-4)
 
     with torch.no_grad():

@@ -43,12 +43,12 @@ def test_two_processes_match_one(no_dropout_model, data_dir, tmp_path):
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     (run_json,) = list(Path(tmp_path / "two").glob("*/*/*/run.json"))  # rank 0 alone wrote a run
-    two = json.loads(run_json.read_text())
-    assert two["environment"]["processes"] == 2 and one["environment"]["processes"] == 1
-    assert two["steps"] == one["steps"] == 5
-    assert [h["train_loss"] for h in two["history"]] == pytest.approx([h["train_loss"] for h in one["history"]], rel=1e-4)
-    for a, b in zip(two["history"], one["history"]):
-        assert a["metrics"] == pytest.approx(b["metrics"], abs=1e-6)
+    two = api.read_run(run_json)
+    assert two.environment.processes == 2 and one.environment.processes == 1
+    assert two.steps == one.steps == 5
+    assert [h.train_loss for h in two.history] == pytest.approx([h.train_loss for h in one.history], rel=1e-4)
+    for a, b in zip(two.history, one.history):
+        assert a.metrics == pytest.approx(b.metrics, abs=1e-6)
     # The losses really move, so matching curves is not matching constants.
-    losses = [h["train_loss"] for h in one["history"]]
+    losses = [h.train_loss for h in one.history]
     assert max(losses) - min(losses) > 1e-3

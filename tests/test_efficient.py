@@ -198,8 +198,8 @@ def test_each_efficient_method_with_fgm_and_rdrop_trains_or_is_refused_at_load(t
         return
     result = api.read_run(api.train(run_cfg(tiny_model, data_dir, tmp_path, [method, {"name": other}], max_steps=2),
                                     log=quiet))
-    assert result["steps"] == 2 and result["method"].endswith(f"+{other}")
-    assert np.isfinite(result["final"]["train_loss"])
+    assert result.steps == 2 and result.method.endswith(f"+{other}")
+    assert np.isfinite(result.final.train_loss)
 
 
 def test_fgm_refuses_frozen_embeddings_at_run_time_too(tiny_model):
@@ -218,13 +218,13 @@ def test_fgm_refuses_frozen_embeddings_at_run_time_too(tiny_model):
 def test_runs_reload_with_exactly_their_score(tiny_model, data_dir, tmp_path, method):
     run_dir = api.train(run_cfg(tiny_model, data_dir, tmp_path, [method], max_steps=4, eval_limit=None), log=quiet)
     result = api.read_run(run_dir)
-    again = api.evaluate(run_dir, split=result["task"]["eval_split"])
-    assert again["metrics"] == result["best"]["metrics"]
-    trainable = result["model"]["trainable_parameters"]
+    again = api.evaluate(run_dir, split=result.task.eval_split)
+    assert again["metrics"] == result.best.metrics
+    trainable = result.model.trainable_parameters
     if method["name"] in ("lst", "lora"):
-        assert trainable < 0.5 * result["model"]["parameters"]
+        assert trainable < 0.5 * result.model.parameters
     if method["name"] == "child_tuning" and method["mode"] == "D":
-        assert result["methods"]["child_tuning"]["fisher_batches"] == 4  # 64 examples / 16
+        assert result.methods["child_tuning"]["fisher_batches"] == 4  # 64 examples / 16
     if method["name"] == "lst":  # best/ keeps the backbone unchanged, as a plain transformers checkpoint
         from transformers import AutoModel
 

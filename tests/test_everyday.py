@@ -158,12 +158,12 @@ def test_tasks_list_on_an_80_column_terminal_cuts_no_task_name():
 
 def test_report_on_a_narrow_terminal_cuts_no_header_or_number():
     from clue_runner import report as rep
-    from clue_runner.cli.report import _score_grid
+    from clue_runner.cli.report import score_grid
     from clue_runner.cli.tables import print_grid
 
     runs = rep.load_runs([REPO / "results" / "examples"])
     result = rep.build_report(rep.aggregate(runs), [], [])
-    grid = _score_grid(result)
+    grid = score_grid(result)
     for width in (80, 100):
         console = _terminal(width)
         print_grid(grid, console)
@@ -243,7 +243,7 @@ def test_dry_run_writes_nothing_and_predicts_the_steps(tiny_model, data_dir, tmp
     assert "splits: train 48, dev 32" in res.stdout and "steps: 4" in res.stdout  # ceil(3 batches / 2) × 2 epochs
     assert "parameters:" in res.stdout and "task: fewclue_eprstmt" in res.stdout
     result = api.read_run(api.train(cfg, log=lambda _: None))
-    assert result["steps"] == 4
+    assert result.steps == 4
 
 
 def test_fused_adamw_on_cpu(tiny_model, data_dir, tmp_path):
@@ -316,8 +316,8 @@ def test_tensorboard_event_files_are_written_and_readable(tiny_model, data_dir, 
     events = EventAccumulator(str(run_dir / "logs" / "tensorboard"))
     events.Reload()
     accuracy = events.Scalars("eval/accuracy")
-    assert [e.step for e in accuracy] == [h["step"] for h in result["history"]]
-    assert [e.value for e in accuracy] == pytest.approx([h["metrics"]["accuracy"] for h in result["history"]])
+    assert [e.step for e in accuracy] == [h.step for h in result.history]
+    assert [e.value for e in accuracy] == pytest.approx([h.metrics["accuracy"] for h in result.history])
     assert "train/loss" in events.Tags()["scalars"]
 
 

@@ -162,13 +162,13 @@ def test_incontext_run_reloads_with_its_score(tiny_decoder, data_dir, tmp_path):
         "train": {"max_steps": 0, "eval_batch_size": 8}, "output_dir": str(tmp_path)})
     run_dir = api.train(cfg, log=lambda _: None)
     result = api.read_run(run_dir)
-    assert result["method"].startswith("icl(k=2, calibrated, tpl ")
-    assert result["head"]["hash"] in result["method"] and "{text_a}" in result["head"]["prompt"]
-    shown = result["head"]["demonstrations"]  # every scored example's demonstrations, by id
-    assert len(shown) == result["data"]["eval"]["examples"] and all(len(ids) <= 2 for ids in shown.values())
+    assert result.method.startswith("icl(k=2, calibrated, tpl ")
+    assert result.head["hash"] in result.method and "{text_a}" in result.head["prompt"]
+    shown = result.head["demonstrations"]  # every scored example's demonstrations, by id
+    assert len(shown) == result.data.eval.examples and all(len(ids) <= 2 for ids in shown.values())
     assert sum(len(ids) == 2 for ids in shown.values()) > len(shown) / 2  # the rest dropped theirs to fit 384 tokens
     again = api.evaluate(run_dir, "dev", data_dir=str(data_dir))
-    assert again["metrics"] == pytest.approx(result["best"]["metrics"], abs=1e-6)
+    assert again["metrics"] == pytest.approx(result.best.metrics, abs=1e-6)
 
 
 def test_span_and_ner_tasks_are_refused_at_config_load():

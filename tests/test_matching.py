@@ -80,12 +80,12 @@ def test_no_training_run_scores_the_pretrained_vectors(tiny_model, data_dir, tmp
     cfg = build_config({**cfg.model_dump(), "data": {**cfg.data.model_dump(), "max_eval_examples": None}})
     run_dir = api.train(cfg, log=quiet)  # the whole dev split, as `clue-run eval` scores it
     result = api.read_run(run_dir)
-    assert result["steps"] == 0 and result["method"] == "no-training+embedding/pooling=first_last_avg"
-    assert result["history"][0]["train_loss"] is None and result["data"]["train"] is None
-    assert set(result["best"]["metrics"]) == {"spearman", "pearson"}
+    assert result.steps == 0 and result.method == "no-training+embedding/pooling=first_last_avg"
+    assert result.history[0].train_loss is None and result.data.train is None
+    assert set(result.best.metrics) == {"spearman", "pearson"}
     res = CliRunner().invoke(app, ["eval", "--run", str(run_dir), "--json"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["metrics"] == pytest.approx(result["best"]["metrics"], abs=1e-6)
+    assert json.loads(res.stdout)["metrics"] == pytest.approx(result.best.metrics, abs=1e-6)
 
 
 @pytest.mark.parametrize("head, split", [({"name": "embedding", "loss": "cosent"}, "train"),
@@ -95,12 +95,12 @@ def test_training_moves_the_correlation(head, split, tiny_model, data_dir, tmp_p
     cfg = sts_cfg(tiny_model, data_dir, tmp_path, head, max_steps=8, eval_every=4)
     cfg = build_config({**cfg.model_dump(), "data": {**cfg.data.model_dump(), "train_split": split}})
     result = api.read_run(api.train(cfg, log=quiet))
-    history = result["history"]
-    assert [h["step"] for h in history] == [4, 8]
-    assert all(np.isfinite(h["train_loss"]) for h in history)
-    assert all(-1 <= h["metrics"]["spearman"] <= 1 for h in history)
+    history = result.history
+    assert [h.step for h in history] == [4, 8]
+    assert all(np.isfinite(h.train_loss) for h in history)
+    assert all(-1 <= h.metrics["spearman"] <= 1 for h in history)
     # Identical inputs (a tokenizer that maps every character to [UNK]) would leave it undefined (0.0).
-    assert all(h["metrics"]["spearman"] != 0.0 for h in history)
+    assert all(h.metrics["spearman"] != 0.0 for h in history)
 
 
 def test_labelled_split_required_unless_self_supervised(tiny_model, data_dir, tmp_path):
@@ -153,7 +153,7 @@ def test_threshold_is_searched_on_the_threshold_split_and_applied_unchanged(tiny
 
     (val_gold, val_scores), (dev_gold, dev_scores) = scores("val"), scores("dev")
     want = threshold_scores(dev_scores, dev_gold, best_threshold(val_scores, val_gold))
-    assert result["best"]["metrics"]["threshold_accuracy"] == pytest.approx(want["accuracy"])
-    assert result["best"]["metrics"]["threshold_f1"] == pytest.approx(want["f1"])
+    assert result.best.metrics["threshold_accuracy"] == pytest.approx(want["accuracy"])
+    assert result.best.metrics["threshold_f1"] == pytest.approx(want["f1"])
     oracle = threshold_scores(dev_scores, dev_gold, best_threshold(dev_scores, dev_gold))["accuracy"]
     assert oracle >= want["accuracy"]  # the dev split's own best threshold can only do better on dev

@@ -308,9 +308,9 @@ def test_interrupted_multitask_run_resumes_identical(tiny_model, data_dir, tmp_p
                   on_event=kill_at_step_3, log=quiet)
     (run_dir,) = list((tmp_path / "cut").glob("*/*/*"))
     resumed = api.read_run(api.train(None, resume=run_dir, log=quiet))
-    assert [h["metrics"] for h in resumed["history"]] == [h["metrics"] for h in full["history"]]
-    assert [h["train_loss"] for h in resumed["history"]] == pytest.approx([h["train_loss"] for h in full["history"]])
-    assert resumed["tasks"] == full["tasks"]
+    assert [h.metrics for h in resumed.history] == [h.metrics for h in full.history]
+    assert [h.train_loss for h in resumed.history] == pytest.approx([h.train_loss for h in full.history])
+    assert resumed.tasks == full.tasks
 
 
 def test_two_task_run_through_report_eval_predict_and_submit(tiny_model, data_dir, tmp_path):
@@ -329,12 +329,12 @@ def test_two_task_run_through_report_eval_predict_and_submit(tiny_model, data_di
     (run_dir,) = list((tmp_path / "runs").glob("*/*/*"))
     assert run_dir.parent.parent.name == "multitask-fewclue_tnews+fewclue_csldcp"
     result = api.read_run(run_dir)
-    assert result["schema_version"] == 2 and set(result["tasks"]) == set(TASKS)
-    best = result["best"]["metrics"]
+    assert result.schema_version == 2 and set(result.tasks) == set(TASKS)
+    best = result.best.metrics
     assert best["weighted_main"] == pytest.approx(
         (best["fewclue_tnews/accuracy"] + 2 * best["fewclue_csldcp/accuracy"]) / 3)
-    assert result["tasks"]["fewclue_csldcp"]["best"]["accuracy"] == best["fewclue_csldcp/accuracy"]
-    assert result["data"]["fewclue_tnews"]["train"]["examples"] == 48
+    assert result.tasks["fewclue_csldcp"].best["accuracy"] == best["fewclue_csldcp/accuracy"]
+    assert result.data["fewclue_tnews"].train.examples == 48
 
     # the best checkpoint reloads with the scores the run recorded
     scored = api.evaluate(run_dir)
@@ -345,8 +345,7 @@ def test_two_task_run_through_report_eval_predict_and_submit(tiny_model, data_di
                                         if k not in ("tasks", "multitask")}, "task": "fewclue_tnews"}), log=quiet)
     old = tmp_path / "runs" / "old" / "run"
     old.mkdir(parents=True)
-    v1 = {**api.read_run(single), "schema_version": 1, "method": "finetune-v1"}
-    v1.pop("migrated_from", None)
+    v1 = {**api.read_run(single).model_dump(mode="json"), "schema_version": 1, "method": "finetune-v1"}
     (old / "run.json").write_text(json.dumps(v1), encoding="utf-8")
     report = runner.invoke(app, ["report", str(tmp_path / "runs"), "--format", "json"])
     assert report.exit_code == 0, report.output

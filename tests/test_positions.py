@@ -106,7 +106,7 @@ def test_a_model_extended_to_1024_trains_on_long_inputs_and_reloads(tiny_model, 
     run = api.load_run(run_dir)
     enc = run.encode(api.load_task_split(run.cfg, run.task, "dev", data_dir=str(tmp_path / "data")))
     assert int(enc.lengths.max()) > 1000  # the whole text went in, not 512 tokens of it
-    assert api.evaluate(run_dir, "dev", str(tmp_path / "data"))["metrics"] == result["best"]["metrics"]
+    assert api.evaluate(run_dir, "dev", str(tmp_path / "data"))["metrics"] == result.best.metrics
     assert AutoModel.from_pretrained(run_dir / "best").config.max_position_embeddings == 1024
 
 
@@ -122,4 +122,4 @@ def test_roformer_runs_past_its_table_unextended(tmp_path):
     lines = []
     run_dir = api.train(_cfg(task, d, tmp_path), log=lines.append)
     assert any("rotary positions" in line for line in lines)
-    assert api.read_run(run_dir)["steps"] == 3
+    assert api.read_run(run_dir).steps == 3

@@ -177,7 +177,7 @@ def _cfg(model, data, out, task, head, steps=0, methods=(), max_length=32, lr=1e
 
 def _accuracy(model, data, out, task, head, **kw) -> tuple[float, Path]:
     run = api.train(_cfg(model, data, out, task, head, **kw), log=quiet)
-    return api.read_run(run)["best"]["metrics"]["accuracy"], run
+    return api.read_run(run).best.metrics["accuracy"], run
 
 
 # -- the proof ---------------------------------------------------------------------------------
@@ -256,7 +256,7 @@ def test_pet_few_shot_and_semi_supervised_train_and_reload(synthetic, tmp_path):
                              steps=6)
         result = api.read_run(run)
         if name == "semi":
-            assert "64 unlabelled" in result["data"]["train"]["source"]
+            assert "64 unlabelled" in result.data.train.source
         again = api.evaluate(run, split="dev", data_dir=str(synthetic.data))
         assert again["metrics"]["accuracy"] == pytest.approx(acc)
 
@@ -320,7 +320,7 @@ def test_ptuning_embeddings_trains_only_the_prompt_vectors(synthetic, tmp_path):
     changed = [k for k in before if k in after and not torch.equal(before[k], after[k])]  # tied copies saved once
     assert set(changed) <= {"backbone.prompt"}
     again = api.evaluate(run, split="dev", data_dir=str(synthetic.data))
-    assert again["metrics"]["accuracy"] == pytest.approx(api.read_run(run)["best"]["metrics"]["accuracy"])
+    assert again["metrics"]["accuracy"] == pytest.approx(api.read_run(run).best.metrics["accuracy"])
 
 
 def test_ptuning_steps_change_only_the_prompt_and_keep_token_type_ids(synthetic, tmp_path):
@@ -362,7 +362,7 @@ def test_ptuning_encoder_trains_the_whole_model_and_reloads(synthetic, tmp_path)
     acc, run = _accuracy(synthetic.untrained, synthetic.data, tmp_path, "fewclue_eprstmt", {"name": "pet"}, steps=4,
                          methods=[{"name": "ptuning", "variant": "encoder"}])
     result = api.read_run(run)
-    assert result["model"]["trainable_parameters"] == result["model"]["parameters"]
+    assert result.model.trainable_parameters == result.model.parameters
     again = api.evaluate(run, split="dev", data_dir=str(synthetic.data))
     assert again["metrics"]["accuracy"] == pytest.approx(acc)
 
@@ -386,7 +386,7 @@ def test_adapt_mlm_gives_a_model_with_heads_that_runs_are_labelled_with(tiny_mod
     backbone = load_backbone(str(out), "pretraining")  # both heads now exist: no refusal
     assert adapted_label(backbone.config) == "adapted on 200 sentences"
     run = api.train(_cfg(out, synthetic.data, tmp_path / "runs", "fewclue_eprstmt", {"name": "pet"}), log=quiet)
-    assert api.read_run(run)["model"]["adapted"]["sentences"] == 200
+    assert api.read_run(run).model.adapted["sentences"] == 200
     from clue_runner.report import filter_runs, load_runs
 
     [row] = load_runs([tmp_path / "runs"])

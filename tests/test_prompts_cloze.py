@@ -234,7 +234,7 @@ def test_zero_shot_pet_on_the_generated_cloze_beats_chance_only_when_pretrained(
     accuracy = {}
     for name in ("trained", "untrained"):
         run = api.train(_cfg(getattr(cloze, name), cloze.data, tmp_path / name), log=quiet)
-        accuracy[name] = api.read_run(run)["best"]["metrics"]["accuracy"]
+        accuracy[name] = api.read_run(run).best.metrics["accuracy"]
     assert accuracy["trained"] >= 0.9 and accuracy["untrained"] < 0.35, accuracy  # chance: 1/7
 
 
@@ -244,7 +244,7 @@ def test_pet_on_cloze_trains_reloads_and_writes_the_chid_submission(cloze, tmp_p
     run = api.train(_cfg(cloze.untrained, cloze.data, tmp_path, steps=6), log=quiet)
     result = api.read_run(run)
     again = api.evaluate(run, split="dev", data_dir=str(cloze.data))
-    assert again["metrics"]["accuracy"] == pytest.approx(result["best"]["metrics"]["accuracy"])
+    assert again["metrics"]["accuracy"] == pytest.approx(result.best.metrics["accuracy"])
     path = api.predict(run, split="test", data_dir=str(cloze.data))
     assert path.name == "chidf_predict.json"
     lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]

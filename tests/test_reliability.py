@@ -293,7 +293,7 @@ def test_full_disk_at_checkpoint_is_one_line_and_resumes(tiny_model, data_dir, t
     monkeypatch.undo()
     code, output = cli("train", "--resume", run_dir)
     assert code == 0, output
-    assert api.read_run(run_dir)["best"] == reference["best"]
+    assert api.read_run(run_dir).best == reference.best
 
 
 def test_full_token_cache_is_one_line(tiny_model, data_dir, tmp_path, monkeypatch):
@@ -414,7 +414,7 @@ def test_second_resume_of_one_run_gets_one_line(tiny_model, data_dir, tmp_path):
 def test_eval_refuses_a_best_dir_that_is_not_the_results_best(tiny_model, data_dir, tmp_path):
     run_dir = api.train(build_config(raw_config(tiny_model, data_dir, tmp_path / "out")), log=lambda _: None)
     best = json.loads((run_dir / "best" / "clue_run_best.json").read_text(encoding="utf-8"))
-    assert best["step"] == api.read_run(run_dir)["best"]["step"]
+    assert best["step"] == api.read_run(run_dir).best.step
     api.load_run(run_dir)  # consistent: loads
     (run_dir / "best" / "clue_run_best.json").write_text(json.dumps({**best, "step": 99}), encoding="utf-8")
     with pytest.raises(RunError, match="holds step 99, but run.json names step"):

@@ -42,11 +42,18 @@ def write_run(root: Path, task, model, method, seed, score, created_at, schema_v
         "schema_version": schema_version, "run_id": run_id, "status": "completed", "created_at": created_at,
         "task": {"name": task, "version": 1, "benchmark": "clue", "variant": None, "eval_split": "dev",
                  "main_metric": "accuracy", "metrics": list(metrics)},
-        "model": {"name": f"hub/{model}", "slug": model}, "method": method, "seed": seed,
-        "history": history, "best": {"step": 30, "epoch": 1.5, "metrics": metrics},
+        "model": {"name": f"hub/{model}", "slug": model, "resolved": f"/models/{model}", "parameters": 1000},
+        "method": method, "seed": seed, "config": {},
+        "data": {"train": None, "eval": {"source": "dev.json", "examples": 100, "dropped": {}, "skipped": 0,
+                                         "skipped_first": []}},
+        "history": history, "best": {"step": 30, "epoch": 1.5, "metrics": metrics}, "final": history[-1],
+        "stopped_early": False, "steps": 40,
         "throughput": {"train_samples_per_s": 100.0 + seed, "train_tokens_per_s": 5000.0, "train_seconds": 4.0 * seed,
                        "train_cpu_seconds": 3.0 * seed,
                        "padding_share": 0.1 * seed, "eval_samples_per_s": 400.0},
+        "environment": {"clue_run": "0.1.0", "python": "3.11", "packages": {}, "device": "cpu", "platform": "linux",
+                        "git_sha": None},
+        "wall_time_s": 5.0,
     }
     run_dir = root / task / model / run_id
     run_dir.mkdir(parents=True)

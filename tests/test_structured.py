@@ -223,7 +223,7 @@ def test_cluener_train_then_eval_agree_and_predictions_validate(data_dir, tiny_m
         "output_dir": str(tmp_path / "results"),
     })
     run_dir = api.train(cfg, log=lambda _: None)
-    recorded = read_result(run_dir)["best"]["metrics"]
+    recorded = read_result(run_dir).best.metrics
     again = api.evaluate(run_dir)["metrics"]
     assert again == pytest.approx(recorded, abs=1e-6)
     assert set(recorded) == {"entity_f1", "entity_precision", "entity_recall", "cluener_macro_f1"}

@@ -274,12 +274,13 @@ OFFICIAL = json.loads((Path(__file__).with_name("fixtures") / "fewclue_submit_ex
 @pytest.mark.parametrize("name", sorted(OFFICIAL["lines"]))
 def test_written_lines_have_the_official_shape(name, data_root):
     """Key names and value types of what `predict` writes = the official example files' (ids as the test file has them)."""
-    from clue_runner.submit import _line_problem, format_predictions
+    from clue_runner.leaderboard import submission_format
+    from clue_runner.submit import format_predictions
 
     task = get_task(name)
     official = [json.loads(line) for line in OFFICIAL["lines"][name]]
     for line in OFFICIAL["lines"][name]:
-        assert _line_problem(task, line, None) is None, line  # the validator accepts the official lines
+        assert submission_format(task).line_problem(task, line, None) is None, line  # the validator accepts the official lines
     examples = load_split(task, "test", data_dir=str(data_root)).examples[:2]
     written = [json.loads(x) for x in format_predictions(task, examples, [0, 1]).splitlines()]
     for ours, theirs, ex in zip(written, official, examples):

@@ -112,8 +112,8 @@ def test_local_grid_resumes_a_killed_run_then_skips_everything(tiny_model, data_
     # The resumed run matches the same config trained without interruption.
     reference = api.read_run(api.train(killed.cfg, run_dir=tmp_path / "reference", log=lambda _: None))
     resumed = api.read_run(killed.run_dir)
-    assert [h["metrics"] for h in resumed["history"]] == [h["metrics"] for h in reference["history"]]
-    assert resumed["run_id"] == killed.run_id and resumed["steps"] == 2
+    assert [h.metrics for h in resumed.history] == [h.metrics for h in reference.history]
+    assert resumed.run_id == killed.run_id and resumed.steps == 2
     # The report has one row per learning rate and both tasks as columns.
     assert "fewclue_eprstmt" in res.stdout and "fewclue_bustm" in res.stdout
     assert "lr=0.001" in res.stdout and "lr=0.003" in res.stdout

@@ -30,9 +30,9 @@ def quiet(_):
 def test_same_seed_same_scores(tiny_model, data_dir, tmp_path):
     a = api.read_run(api.train(make_cfg(tiny_model, data_dir, tmp_path / "a"), log=quiet))
     b = api.read_run(api.train(make_cfg(tiny_model, data_dir, tmp_path / "b"), log=quiet))
-    assert [h["metrics"] for h in a["history"]] == [h["metrics"] for h in b["history"]]
-    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
-    assert len(a["history"]) == 4  # steps 3, 6, 9, 12 (2 epochs of 6 batches)
+    assert [h.metrics for h in a.history] == [h.metrics for h in b.history]
+    assert [h.train_loss for h in a.history] == [h.train_loss for h in b.history]
+    assert len(a.history) == 4  # steps 3, 6, 9, 12 (2 epochs of 6 batches)
 
 
 class Killed(Exception):
@@ -53,9 +53,9 @@ def test_interrupted_then_resumed_equals_uninterrupted(tiny_model, data_dir, tmp
     (run_dir,) = list((tmp_path / "cut").glob("*/*/*"))
     assert not (run_dir / "run.json").exists()  # no result until the run really finished
     resumed = api.read_run(api.train(None, resume=run_dir, log=quiet))
-    assert [h["metrics"] for h in resumed["history"]] == [h["metrics"] for h in full["history"]]
-    assert [h["train_loss"] for h in resumed["history"]] == pytest.approx([h["train_loss"] for h in full["history"]])
-    assert resumed["best"] == full["best"]
+    assert [h.metrics for h in resumed.history] == [h.metrics for h in full.history]
+    assert [h.train_loss for h in resumed.history] == pytest.approx([h.train_loss for h in full.history])
+    assert resumed.best == full.best
     assert not (run_dir / "resume").exists()
 
 
@@ -70,14 +70,14 @@ def test_train_json_and_eval_agree_through_cli(tiny_model, data_dir, tmp_path):
     res = runner.invoke(app, ["train", "--config", str(cfg_path), "--set", "train.seed=3"])
     assert res.exit_code == 0, res.output
     (run_dir,) = list((tmp_path / "results").glob("*/*/*"))
-    result = json.loads((run_dir / "run.json").read_text())
-    assert result["schema_version"] == 2 and result["seed"] == 3 and result["task"]["name"] == "fewclue_eprstmt"
-    assert result["data"]["eval"]["examples"] == 160 and result["throughput"]["train_samples_per_s"] > 0
-    assert 0 < result["throughput"]["train_cpu_seconds"] < 2 * os.cpu_count() * result["throughput"]["train_seconds"]
-    assert set(result["environment"]["packages"]) >= {"torch", "transformers"}
+    result = api.read_run(run_dir)
+    assert result.schema_version == 2 and result.seed == 3 and result.task.name == "fewclue_eprstmt"
+    assert result.data.eval.examples == 160 and result.throughput.train_samples_per_s > 0
+    assert 0 < result.throughput.train_cpu_seconds < 2 * os.cpu_count() * result.throughput.train_seconds
+    assert set(result.environment.packages) >= {"torch", "transformers"}
     res = runner.invoke(app, ["eval", "--run", str(run_dir), "--split", "dev", "--json"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["metrics"] == pytest.approx(result["best"]["metrics"])
+    assert json.loads(res.stdout)["metrics"] == pytest.approx(result.best.metrics)
 
 
 def test_cli_bad_config_exits_nonzero_naming_the_key(tmp_path):
@@ -104,7 +104,7 @@ def test_fgm_restores_embeddings_exactly_and_changes_gradients(tiny_model, data_
     from clue_runner.data.splits import load_split
     from clue_runner.features import collate, encode_examples
     from clue_runner.engine.build import model_for
-    from clue_runner.methods import build_methods
+    from clue_runner.methods import StepContext, build_methods
     from clue_runner.models import load_tokenizer
     from clue_runner.tasks import get_task
 
@@ -124,22 +124,16 @@ def test_fgm_restores_embeddings_exactly_and_changes_gradients(tiny_model, data_
     before = model.backbone.input_embeddings().weight.detach().clone()
     compute(batch)[0].backward()
     plain_grad = model.backbone.model.classifier.weight.grad.clone()
-    fgm.after_backward(model, batch, compute, 1.0)
+    fgm.after_backward(model, batch, StepContext(compute))
     assert torch.equal(model.backbone.input_embeddings().weight, before)
     assert not torch.allclose(model.backbone.model.classifier.weight.grad, plain_grad)  # the adversarial loss's gradient was added
 
 
-def test_rdrop_trains_and_two_loss_owners_refused(tiny_model, data_dir, tmp_path):
+def test_rdrop_trains(tiny_model, data_dir, tmp_path):
     cfg = make_cfg(tiny_model, data_dir, tmp_path, max_steps=2)
     cfg = build_config({**cfg.model_dump(), "methods": [{"name": "rdrop", "alpha": 1.0}]})
     result = api.read_run(api.train(cfg, log=quiet))
-    assert result["method"] == "finetune+rdrop(alpha=1)" and result["steps"] == 2
-    with pytest.raises(ConfigError, match="both replace the loss"):
-        from clue_runner.methods import METHODS, Method
-
-        if "test_owner" not in METHODS:
-            METHODS.register("test_owner")(type("Owner", (Method,), {"owns_loss": True}))
-        build_config({"task": "afqmc", "methods": [{"name": "rdrop"}, {"name": "test_owner"}]})
+    assert result.method == "finetune+rdrop(alpha=1)" and result.steps == 2
 
 
 def test_a_run_resolves_its_methods_and_head_once(tiny_model, data_dir, tmp_path, monkeypatch):
@@ -164,7 +158,7 @@ def test_a_run_resolves_its_methods_and_head_once(tiny_model, data_dir, tmp_path
     assert calls == {"methods": 1, "head": 1}
     result = api.read_run(api.train(cfg, log=quiet))
     assert calls == {"methods": 1, "head": 1}
-    assert result["method"] == "finetune+fgm"
+    assert result.method == "finetune+fgm"
 
 
 def test_the_evaluator_keeps_the_predictions_it_scored(tiny_model, data_dir, tmp_path):

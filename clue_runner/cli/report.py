@@ -23,7 +23,8 @@ def _names(values: List[str]) -> list[str]:
     return [v.strip() for value in values for v in value.split(",") if v.strip()]
 
 
-def _score_grid(report):
+def score_grid(report):
+    """A report's score table (user rows, then published ones) as a Grid, as `clue-run report` prints it."""
     from ..report import format_cell, format_score
     from .tables import Grid
 
@@ -93,7 +94,7 @@ def report(
     result = rep.build_report(rep.aggregate(runs, metric), tasks, sources)
 
     if fmt == "table":
-        print_grid(_score_grid(result), out)
+        print_grid(score_grid(result), out)
         if throughput:
             print_grid(_throughput_grid(result), out)
         out.print("\n".join(rep.notes(result)), markup=False, highlight=False)

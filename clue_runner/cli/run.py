@@ -84,9 +84,9 @@ def train(
     rows = []
     for run_dir in run_dirs:
         result = api.read_run(run_dir)
-        rows.append((f"{result['task']['name']} seed {result['seed']} (step {result['best']['step']})", result["best"]["metrics"]))
+        rows.append((f"{result.task.name} seed {result.seed} (step {result.best.step})", result.best.metrics))
         out.print(str(run_dir / "run.json"), highlight=False, soft_wrap=True)
-    out.print(_metrics_table(f"best on {run_dirs and api.read_run(run_dirs[0])['task']['eval_split']}", rows))
+    out.print(_metrics_table(f"best on {run_dirs and api.read_run(run_dirs[0]).task.eval_split}", rows))
 
 
 def _relaunch(n: int, config, set_, seeds, resume, run_dir) -> None:

@@ -151,7 +151,7 @@ def _report(sw, results: dict, select: bool, predict: bool, predict_split: str) 
     """The sweep's runs as `clue-run report` shows them, each hyperparameter setting its own row."""
     from .. import report as rep
     from ..runs.sweep import select_best
-    from .report import _score_grid
+    from .report import score_grid
     from .tables import print_grid
 
     if not results:
@@ -163,7 +163,7 @@ def _report(sw, results: dict, select: bool, predict: bool, predict_split: str) 
     if select:
         chosen = select_best(sw, results)
         keep = {rid for choice in chosen.values() for rid in choice["run_ids"]}
-        table = Table(title=f"selected on {next(iter(results.values()))['task']['eval_split']} (mean over seeds)")
+        table = Table(title=f"selected on {next(iter(results.values())).task.eval_split} (mean over seeds)")
         for col in ("task", "model", "method", "hyperparameters", "dev mean", "seeds", "of"):
             table.add_column(col)
         for (task, model, method), choice in sorted(chosen.items()):
@@ -179,7 +179,7 @@ def _report(sw, results: dict, select: bool, predict: bool, predict_split: str) 
         suffix = f" ({cell.hparam_label})" if cell.hparam_label and keep is None else ""
         labelled.append(dataclasses.replace(run, method=run.method + suffix))
     result = rep.build_report(rep.aggregate(labelled), None, [])
-    print_grid(_score_grid(result), out)
+    print_grid(score_grid(result), out)
     out.print("\n".join(rep.notes(result)), markup=False, highlight=False)
     if select and predict:
         from .. import api

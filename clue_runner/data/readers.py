@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from ..errors import ConfigError, DataError, decode_utf8
-from ..registry import did_you_mean
+from ..plugins import DATA_FORMATS
 
 DATA_DIR_ENV = "CLUE_DATA_DIR"
 BOM = "\ufeff"
@@ -121,11 +121,6 @@ def read_lines(path: Path, field: str = "text") -> Rows:
             yield line_no, {field: text}
 
 
-def _jsonl(path: Path, columns, header) -> Rows:
-
-    return read_json_lines(path)
-
-
 def read_json_document(path: Path):
     try:
         with _open_binary(path) as fh:
@@ -166,21 +161,29 @@ def read_c3(path: Path) -> Rows:
         yield f"[{i}]", {"document": entry[0], "questions": entry[1], "id": entry[2]}
 
 
-READERS: dict[str, Callable[[Path, Optional[list[str]], bool], Rows]] = {
-    "jsonl": _jsonl,
-    "tsv": lambda path, columns, header: read_delimited(path, "\t", columns, header),
-    "csv": lambda path, columns, header: read_delimited(path, ",", columns, header),
-    "lines": lambda path, columns, header: read_lines(path, columns[0] if columns else "text"),
-    "squad": lambda path, columns, header: read_squad(path),
-    "c3": lambda path, columns, header: read_c3(path),
-}
+@dataclass(frozen=True)
+class DataFormat:
+    """One kind of data file (`data.format` in a task YAML; registered in plugins.DATA_FORMATS).
+
+    `read(path, columns, header)` yields (location, row dict or BadRow); `columns` and `header` are
+    the task's, for formats that use them. `one_text_per_row`: a row is one text, whose field is
+    `columns[0]`, else the task's inputs.text_a."""
+
+    read: Callable[[Path, Optional[list[str]], bool], Rows]
+    one_text_per_row: bool = False
+
+
+JSONL = DataFormat(lambda path, columns, header: read_json_lines(path))
+TSV = DataFormat(lambda path, columns, header: read_delimited(path, "\t", columns, header))
+CSV = DataFormat(lambda path, columns, header: read_delimited(path, ",", columns, header))
+LINES = DataFormat(lambda path, columns, header: read_lines(path, columns[0] if columns else "text"), one_text_per_row=True)
+SQUAD = DataFormat(lambda path, columns, header: read_squad(path))
+C3 = DataFormat(lambda path, columns, header: read_c3(path))
 
 
 def read_rows(path: Path, fmt: str, columns: Optional[list[str]] = None, header: bool = False) -> Rows:
-    """Rows of `path` in format `fmt` (a READERS key); columns/header apply to tsv and csv only."""
-    if fmt not in READERS:
-        raise ConfigError(f"unknown data format {fmt!r}{did_you_mean(fmt, READERS)} (known: {', '.join(READERS)})")
-    return READERS[fmt](Path(path), columns, header)
+    """Rows of `path` in data format `fmt` (a plugins.DATA_FORMATS name)."""
+    return DATA_FORMATS.get(fmt).read(Path(path), columns, header)
 
 
 def resolve_data_dir(configured: Optional[str]) -> Path:

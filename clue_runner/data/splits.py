@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from ..errors import DataError
-from ..plugins import PARSERS
+from ..errors import DataError, first_line
+from ..plugins import DATA_FORMATS, PARSERS
 from ..tasks.spec import TaskSpec
 from .parsers import RowContext, RowError
 from .readers import BadRow, find_file, read_json_document, read_rows, resolve_data_dir
@@ -68,8 +68,7 @@ def _hub_rows(task: TaskSpec, split: str) -> Iterator[tuple[int, dict]]:
     try:
         ds = datasets.load_dataset(hub.path, hub.name, split=hub.splits.get(split, split))
     except Exception as err:  # datasets raises many kinds (connection, not found, script, cache)
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        reason = f"the Hugging Face Hub cannot be reached ({why}) and it is not cached" if why else first
+        reason = f"the Hugging Face Hub cannot be reached ({why}) and it is not cached" if why else first_line(err)
         raise DataError(f"data.source hub: cannot load {where}: {reason}; use data.source: local with "
                         "data.dir (or $CLUE_DATA_DIR)") from None
     label_feature = ds.features.get(task.label.field)
@@ -121,6 +120,33 @@ def _check_texts(item, inputs, allow_empty: bool) -> None:
             raise RowError(name, "the text holds a NUL character (a binary or damaged file?)")
 
 
+@dataclass
+class _Source:
+    """Where a split's rows come from: (origin, location, row) triples and what reading them needs."""
+
+    origins: list[str]
+    rows: Iterator[tuple[str, Any, Any]]
+    inputs: Any  # the task's InputSpec, for this split's layout
+    answers: Optional[dict] = None
+
+
+def _split_source(task: TaskSpec, split: str, data_dir, variant, source: str) -> _Source:
+    if source == "hub":
+        if task.data.hub is None:
+            raise DataError(f"task {task.name!r} names no datasets hub path (data.hub in its YAML)")
+        origin = f"hub:{task.data.hub.path}/{task.data.hub.name or ''}[{split}]"
+        hub_rows = list(_hub_rows(task, split))
+        return _Source([origin], ((origin, where, row) for where, row in hub_rows), task.inputs)
+    layout = task.split_layout(split, variant)
+    directory = resolve_data_dir(data_dir) / task.data.dir
+    paths = [find_file(directory, name) for name in ([layout.file] if isinstance(layout.file, str) else layout.file)]
+    columns = layout.columns or ([task.inputs.text_a] if DATA_FORMATS.get(layout.format).one_text_per_row else None)
+    rows = ((str(p), where, row) for p in paths for where, row in read_rows(p, layout.format, columns, layout.header))
+    inputs = task.inputs.model_copy(update={"text_b": None}) if layout.unpaired else task.inputs
+    answers = _answer_file(find_file(directory, layout.answers)) if layout.answers else None
+    return _Source([str(p) for p in paths], rows, inputs, answers)
+
+
 def load_split(
     task: TaskSpec,
     split: str,
@@ -134,47 +160,20 @@ def load_split(
 ) -> SplitData:
     """Examples of one split. `training`: the split trains a model, so targets that only training
     needs (answer spans) are checked too; `require_labels`: a row without its label is a bad row."""
-    inputs = task.inputs
-    answers = None
-    if source == "hub":
-        if task.data.hub is None:
-            raise DataError(f"task {task.name!r} names no datasets hub path (data.hub in its YAML)")
-        origins = [f"hub:{task.data.hub.path}/{task.data.hub.name or ''}[{split}]"]
-        hub_rows = list(_hub_rows(task, split))
-        rows = ((origins[0], where, row) for where, row in hub_rows)
-    else:
-        layout = task.split_layout(split, variant)
-        directory = resolve_data_dir(data_dir) / task.data.dir
-        paths = [find_file(directory, name) for name in ([layout.file] if isinstance(layout.file, str) else layout.file)]
-        origins = [str(p) for p in paths]
-        columns = layout.columns or ([task.inputs.text_a] if layout.format == "lines" else None)
-        rows = ((str(p), where, row) for p in paths for where, row in read_rows(p, layout.format, columns, layout.header))
-        if layout.unpaired:
-            inputs = inputs.model_copy(update={"text_b": None})
-        if layout.answers:
-            answers = _answer_file(find_file(directory, layout.answers))
-
-    encode = PARSERS.get(inputs.encoder)
+    src = _split_source(task, split, data_dir, variant, source)
+    encode = PARSERS.get(src.inputs.encoder)
     parse_label = _label_parser(task) if task.label.kind != "structured" else None
-    ctx = RowContext(training=training, answers=answers, labels=tuple(task.label.values))
-    data = SplitData(task=task.name, split=split, source=" + ".join(origins), examples=[])
-    for row_no, (origin, where, row) in enumerate(rows):
+    ctx = RowContext(training=training, answers=src.answers, labels=tuple(task.label.values))
+    data = SplitData(task=task.name, split=split, source=" + ".join(src.origins), examples=[])
+    for row_no, (origin, where, row) in enumerate(src.rows):
         try:
             if isinstance(row, BadRow):
                 raise RowError(None, row.problem)
-            items = encode(row, inputs, ctx)
+            items = encode(row, src.inputs, ctx)
             for item in items:
-                _check_texts(item, inputs, allow_empty=parse_label is None)
-            if parse_label is not None:  # one example per row, its label a plain field
-                raw_label = row.get(task.label.field)
-                if raw_label is None and require_labels:
-                    raise RowError(task.label.field, "the label is missing (a training row needs one)")
-                if raw_label is not None:
-                    raw_label = str(raw_label)  # FewCLUE writes some label codes as ints
-                    if raw_label in task.label.drop:
-                        data.dropped[raw_label] += 1
-                        continue
-                    items[0].label = parse_label(raw_label)
+                _check_texts(item, src.inputs, allow_empty=parse_label is None)
+            if parse_label is not None and not _set_label(task, row, items, parse_label, require_labels, data):
+                continue
         except RowError as err:
             problem = f"{origin}:{where}: " + (f"field {err.field!r}: {err}" if err.field else str(err))
             if on_bad_row != "skip":
@@ -191,3 +190,18 @@ def load_split(
     if not data.examples:
         raise DataError(f"{data.source}: no usable examples")
     return data
+
+
+def _set_label(task: TaskSpec, row: dict, items: list, parse_label, require_labels: bool, data: SplitData) -> bool:
+    """One example per row, its label a plain field: set it on the row's item. False: the row is dropped
+    by design (a label in label.drop, counted)."""
+    raw_label = row.get(task.label.field)
+    if raw_label is None and require_labels:
+        raise RowError(task.label.field, "the label is missing (a training row needs one)")
+    if raw_label is not None:
+        raw_label = str(raw_label)  # FewCLUE writes some label codes as ints
+        if raw_label in task.label.drop:
+            data.dropped[raw_label] += 1
+            return False
+        items[0].label = parse_label(raw_label)
+    return True

@@ -5,7 +5,7 @@ reloads exactly as it trained; one path for single- and multi-task configs.
     source    = model_source(cfg, checkpoint)                   # configured model (trimmed) or a run's best/
     single    : backbone = load_backbone(path, kind)            # the kind the head and methods need
                 backbone = m.wrap_model(backbone, ctx) …        # LoRA, side networks … (also on reload)
-                head     = cfg.resolved.head_cls(backbone, …)   # featurize/predict wrapped by methods
+                head     = cfg.resolved.head_cls(backbone, …)   # head.use_template(m.prompt_template(task))
     multi     : assemble_multitask: one base backbone, one head per task (multitask.model)
     reload    : engine.checkpoint.load_best(best/, model)
     place     : model.to(device)
@@ -110,7 +110,7 @@ class Built:
 
     def logits(self, enc: Encoded) -> tuple[np.ndarray, float]:
         if (self.graphed is None and self.device.type == "cuda" and self.cfg.train.cuda_graphs
-                and self.model.graphable and all(m.graphable for m in self.methods)):
+                and self.model.graphable and not any(m.has_step_hooks for m in self.methods)):
             self.graphed = GraphedForward(self.model, self.amp)  # kept: graphs read the weights in place
         return predict_logits(self.model, enc, self.cfg.train.eval_batch_size, self.tokenizer.pad_token_id,
                               self.device, self.amp, self.graphed)
@@ -218,7 +218,7 @@ def model_for(task: TaskSpec, model_path: str, head_cfg=None, dropout: float = 0
 
     head_cls, head_params = head or resolve_head(task, head_cfg)
     model_config = load_model_config(model_path, name)
-    kind = next((m.backbone_kind for m in methods if m.backbone_kind), None) or head_cls.kind_for(task, head_params, model_config)
+    kind = next((m.requires_kind for m in methods if m.requires_kind), None) or head_cls.kind_for(task, head_params, model_config)
     if seed is not None:
         seed_everything(seed)  # new head weights depend on the seed only
     categorical = task.label.kind == "categorical"
@@ -233,6 +233,10 @@ def model_for(task: TaskSpec, model_path: str, head_cfg=None, dropout: float = 0
     if max_length is not None and is_rotary(backbone.config):
         extend_positions(backbone.encoder, max_length)  # sinusoidal, not learned: recomputed exactly
     model = head_cls(backbone, task, head_params, dropout)
+    for m in methods:
+        template = m.prompt_template(task)
+        if template is not None:
+            model.use_template(template)
     for p in model.new_parameters():
         p.requires_grad_(True)  # a method may have frozen the backbone; the head always trains
     return model
@@ -288,16 +292,13 @@ def assemble(cfg: ExperimentConfig, source: ModelSource, log: Callable[[str], No
     """One task's head on its backbone, the methods applied (on the CPU; `build` places it)."""
     resolved = cfg.resolved
     task, methods = resolved.task, resolved.methods()
-    ctx = BuildContext(task=task, tokenizer=source.tokenizer, config=cfg, log=log, training=source.training)
+    ctx = BuildContext(task=task, config=cfg, log=log)
     model = model_for(task, source.path, dropout=cfg.model.dropout, methods=methods, ctx=ctx,
                       allow_random_init=cfg.model.allow_random_init, seed=cfg.train.seed, name=source.name,
                       log=log if source.training else silent, max_length=cfg.data.max_length,
                       head=(resolved.head_cls, resolved.head_params))
     model.bind_data(cfg.data)
     featurize, predict = model.featurize, model.predict
-    for m in methods:
-        featurize = m.wrap_featurizer(featurize, ctx)
-        predict = m.wrap_predictor(predict, ctx)
     report = model.backbone.load_report
     return Built(cfg, task, source.tokenizer, model, methods, source.path, featurize, predict,
                  load_report=report.as_dict() if report else {}, full_tokenizer=source.full_tokenizer)

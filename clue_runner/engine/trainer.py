@@ -28,6 +28,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from ..features import Encoded, to_device
 from ..features.batching import EncodedSource, padded_tokens
+from ..methods import StepContext
 from ..storage import atomic_save, kill_point
 from . import distributed
 from .cuda_graphs import GraphedTrainStep, StaticBatcher
@@ -52,7 +53,7 @@ def fast_path_blocker(cfg, methods, device: torch.device, model=None) -> Optiona
         return "gradient accumulation"
     if cfg.precision == "fp16":
         return "fp16 gradient scaling"
-    hooked = [getattr(m, "name", type(m).__name__) for m in methods if not m.graphable]
+    hooked = [getattr(m, "name", type(m).__name__) for m in methods if m.has_step_hooks]
     if hooked:
         return f"{', '.join(hooked)} hook{'s' if len(hooked) == 1 else ''} into the step"
     return None
@@ -197,11 +198,21 @@ class Trainer:
             logits = self.model(**batch)
         return self.loss_fn(logits, batch), logits
 
-    def _loss(self, batch) -> torch.Tensor:
+    def _loss(self, batch, step: StepContext) -> torch.Tensor:
+        """The default loss plus every method's term."""
+        loss, outputs = self._compute(batch)
+        total = loss
         for m in self.methods:
-            if m.owns_loss:
-                return m.loss(self.model, batch, self._compute)
-        return self._compute(batch)[0]
+            term = m.loss_term(self.model, batch, outputs, loss, step)
+            if term is not None:
+                total = total + term
+        return total
+
+    def _step_context(self, weight: float, scale: float) -> StepContext:
+        """What step hooks get for a micro-batch whose loss counts `scale` × its data-parallel `weight`."""
+        return StepContext(self._compute, loss_weight=scale * weight,
+                           batch_share=scale * weight / distributed.world_size(),
+                           loss_scale=self.scaler.get_scale() if self.scaler.is_enabled() else 1.0)
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -265,11 +276,11 @@ class Trainer:
             mine, weight = self.source.shard(item, distributed.shard)
             host = self.source.collate(mine, self.pad_id, pad_multiple=self.pad_multiple)
             batch = to_device(host, self.device)
-            loss = self._loss(batch) * weight
+            step = self._step_context(weight, scale)
+            loss = self._loss(batch, step) * weight
             self.scaler.scale(loss * scale).backward()  # the loss itself when not scaling
-            loss_scale = (scale * self.scaler.get_scale() if self.scaler.is_enabled() else scale) * weight
             for m in self.methods:
-                m.after_backward(self.model, batch, self._compute, loss_scale)
+                m.after_backward(self.model, batch, step)
             if boundary:
                 self._optimizer_step()
         self._loss_sum += loss.detach()

@@ -14,6 +14,7 @@ from typing import Optional
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from ..errors import ConfigError
 from ..features import Encoded, encode_examples
 from ..plugins import HEADS
 from ..registry import validate_options
@@ -64,6 +65,10 @@ class Head(nn.Module):
 
     def encode(self, batch: dict, prefix: str = "", hidden_states: bool = False):
         return self.backbone(batch, prefix, hidden_states)
+
+    def use_template(self, template: str) -> None:
+        """Render inputs with a method's prompt template (`Method.prompt_template`); only prompt heads can."""
+        raise ConfigError(f"head {type(self).__name__} renders no prompt template; use the pet head")
 
     def new_parameters(self) -> list:
         """Parameters that start untrained or sit outside the encoder (they get `train.head_lr`)."""

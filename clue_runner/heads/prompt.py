@@ -108,16 +108,19 @@ class PetHead(Head):
         self.register_buffer("label_ids", torch.zeros(len(self.words), self.word_length, dtype=torch.long),
                              persistent=False)
 
+    def use_template(self, template: str) -> None:
+        if self.per_example:
+            raise ConfigError(f"task {self.task.name!r}: a method's prompt template (ptuning) has no place for a "
+                              "cloze blank; use pet alone")
+        self.template = template
+
     def featurize(self, examples, tokenizer, max_length: int, use_cache: bool = True) -> Encoded:
         self._mask_id, self._vocab = tokenizer.mask_token_id, len(tokenizer)
         self._special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
-        template = getattr(self.backbone, "prompt_template", None) or self.template  # P-tuning's own
         if not self.per_example:
             self.label_ids.copy_(torch.from_numpy(word_ids(tokenizer, self.words)))
-            return render_prompts(examples, tokenizer, template, max_length, self.word_length)
-        if template != self.template:
-            raise ConfigError(f"task {self.task.name!r}: P-tuning's prompt has no place for a cloze blank; use pet alone")
-        enc = render_prompts(examples, tokenizer, template, max_length, self.word_length)
+            return render_prompts(examples, tokenizer, self.template, max_length, self.word_length)
+        enc = render_prompts(examples, tokenizer, self.template, max_length, self.word_length)
         ids, possible = candidate_ids(examples, tokenizer, self.word_length)
         enc.item_arrays.update(candidate_ids=ids, choice_mask=possible)
         return enc

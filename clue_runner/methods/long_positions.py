@@ -18,7 +18,6 @@ class LongPositionsParams(Params):
 
 class LongPositions(Method):
     Params = LongPositionsParams
-    graphable = True  # the model changes once; the step is the plain one
 
     def wrap_model(self, backbone, ctx):
         p = self.params

@@ -31,7 +31,6 @@ def default_targets(model_type: str) -> Optional[list[str]]:
 
 class LoRA(Method):
     Params = LoRAParams
-    graphable = True  # only the model changes; the step is the plain one
     changes_export = True
     no_embedding_grad = "lora freezes the word embeddings (peft trains only the adapters), so no gradient reaches them"
 

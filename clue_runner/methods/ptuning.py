@@ -32,7 +32,7 @@ class PTuningParams(Params):
 class PromptedBackbone(nn.Module):
     """The backbone with prompt vectors written into the inputs at the `[P]` positions."""
 
-    def __init__(self, backbone, params: PTuningParams, pair: bool):
+    def __init__(self, backbone, params: PTuningParams):
         super().__init__()
         self.inner, self.params = backbone, params
         self.kind, self.load_report = backbone.kind, backbone.load_report
@@ -46,8 +46,6 @@ class PromptedBackbone(nn.Module):
             if params.encoder == "lstm":
                 self.lstm = nn.LSTM(d, d // 2, num_layers=2, bidirectional=True, batch_first=True)
             self.prompt_encoder = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d))
-        text = "{text_a}[SEP]{text_b}" if pair else "{text_a}"
-        self.prompt_template = "[P]" * params.mask_at + "[MASK]" + "[P]" * (n - params.mask_at) + text
 
     @property
     def config(self):
@@ -100,7 +98,7 @@ class PromptedBackbone(nn.Module):
 
 class PTuning(Method):
     Params = PTuningParams
-    backbone_kind = "mlm"
+    requires_kind = "mlm"
     changes_export = True  # the prompt vectors live outside the transformers checkpoint
 
     def check(self, head_cls, task, head_params):
@@ -114,8 +112,13 @@ class PTuning(Method):
         if self.params.variant == "embeddings":
             for p in backbone.parameters():
                 p.requires_grad_(False)
-        pair = ctx is not None and ctx.task.inputs.text_b is not None
-        return PromptedBackbone(backbone, self.params, pair)
+        return PromptedBackbone(backbone, self.params)
+
+    def prompt_template(self, task):
+        """The prompt vectors' `[P]` placeholders around the label word's mask, then the input."""
+        p = self.params
+        text = "{text_a}[SEP]{text_b}" if task.inputs.text_b is not None else "{text_a}"
+        return "[P]" * p.mask_at + "[MASK]" + "[P]" * (p.prompt_length - p.mask_at) + text
 
     def param_groups(self, model):
         backbone = model.backbone

@@ -14,14 +14,13 @@ class RDropParams(Params):
 
 class RDrop(Method):
     Params = RDropParams
-    owns_loss = True
     accepts = {"class_logits"}  # the KL is between two class distributions
 
-    def loss(self, model, batch, compute):
-        loss1, logits1 = compute(batch)
-        loss2, logits2 = compute(batch)
-        logp1 = F.log_softmax(logits1.float(), -1)
+    def loss_term(self, model, batch, outputs, loss, step):
+        """A second dropout pass: with the default loss, ½(loss₁ + loss₂) + α·KL."""
+        loss2, logits2 = step.compute(batch)
+        logp1 = F.log_softmax(outputs.float(), -1)
         logp2 = F.log_softmax(logits2.float(), -1)
         kl = 0.5 * (F.kl_div(logp1, logp2, log_target=True, reduction="batchmean")
                     + F.kl_div(logp2, logp1, log_target=True, reduction="batchmean"))
-        return 0.5 * (loss1 + loss2) + self.params.alpha * kl
+        return 0.5 * (loss2 - loss) + self.params.alpha * kl

@@ -121,8 +121,7 @@ class SideTunedBackbone(Backbone):
 
 class LST(Method):
     Params = LSTParams
-    backbone_kind = "base"  # heads read the side network's states; the cls head uses its own linear layer
-    graphable = True  # only the model changes; the step is the plain one
+    requires_kind = "base"  # heads read the side network's states; the cls head uses its own linear layer
     changes_export = True  # best/ holds the unchanged backbone; the exact state holds the side network
     no_embedding_grad = ("lst runs the frozen backbone without autograd, so no gradient reaches the word "
                          "embeddings (and a perturbation there could not be learned from)")

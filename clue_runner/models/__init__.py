@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 
 
 def quiet_transformers() -> None:
@@ -50,11 +50,6 @@ def resolve_model(name: str) -> str:
                              f"({why}) with no cached copy; give a local checkpoint directory or connect once to download it")
         go_offline()  # cached: load it without the minute of retries
     return name
-def _first_line(err: Exception) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
-
-
 def load_model_config(path: str, shown: Optional[str] = None):
     """The checkpoint's transformers config; an architecture this transformers does not know is
     refused in one line naming its model type."""
@@ -70,7 +65,7 @@ def load_model_config(path: str, shown: Optional[str] = None):
             raise ModelError(f"model {shown!r}: architecture {model_type!r} is not supported by transformers "
                              f"{transformers.__version__}; convert the checkpoint to a supported architecture "
                              "(e.g. BERT) or use another model") from None
-        raise ModelError(f"cannot load model {shown!r}: {_first_line(err)}") from None
+        raise ModelError(f"cannot load model {shown!r}: {first_line(err)}") from None
 
 
 def _declared_model_type(path: str) -> Optional[str]:
@@ -88,4 +83,4 @@ def load_tokenizer(path: str, shown: Optional[str] = None):
     try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
-        raise ModelError(f"cannot load a tokenizer from {shown or path!r}: {_first_line(err)}") from None
+        raise ModelError(f"cannot load a tokenizer from {shown or path!r}: {first_line(err)}") from None

@@ -115,6 +115,49 @@ def electra_as_bert(model_path: str, out: Path) -> str:
     return str(out)
 
 
+class _Objectives:
+    """Batches and logits of the two pretraining objectives on one model: masked characters (MLM)
+    and, with a next-sentence head, sentence pairs (NSP)."""
+
+    def __init__(self, model, tokenizer, max_length: int):
+        self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
+        self.piece_chars = piece_characters(tokenizer)
+        self.special = set(tokenizer.all_special_ids)
+        self.heads = getattr(model, "cls", None)  # BERT-family: predictions (MLM) and seq_relationship (NSP)
+
+    def mlm_batch(self, batch_texts, seed):
+        tok = self.tokenizer
+        ids = tok(batch_texts, truncation=True, max_length=self.max_length)["input_ids"]
+        masked = [char_level_mask(x, self.piece_chars, self.special, tok.mask_token_id,
+                                  len(tok), 0.15, random.Random(seed * 100_003 + i), self.max_length)
+                  for i, x in enumerate(ids)]
+        width = max(len(x) for x, _ in masked)
+        pad = tok.pad_token_id
+        inputs = torch.tensor([x + [pad] * (width - len(x)) for x, _ in masked])
+        targets = torch.tensor([t + [-100] * (width - len(t)) for _, t in masked])
+        batch = {"input_ids": inputs, "attention_mask": (torch.arange(width) < torch.tensor(
+            [[len(x)] for x, _ in masked])).long()}
+        if "token_type_ids" in tok.model_input_names:
+            batch["token_type_ids"] = torch.zeros_like(inputs)
+        return batch, targets
+
+    def masked_logits(self, inputs, targets):
+        """Logits at the masked positions only (the vocabulary projection of every position would
+        cost about a third of the step), and their targets."""
+        chosen = targets >= 0
+        if hasattr(self.heads, "predictions"):
+            hidden = self.model.base_model(**inputs).last_hidden_state
+            return self.heads.predictions(hidden[chosen]), targets[chosen]
+        return self.model(**inputs).logits[chosen], targets[chosen]
+
+    def next_sentence_logits(self, pairs):
+        """Logits of (first, second, is next) pairs, and their targets."""
+        enc = self.tokenizer([p[0] for p in pairs], [p[1] for p in pairs], truncation=True,
+                             max_length=self.max_length, padding=True, return_tensors="pt")
+        logits = self.heads.seq_relationship(self.model.base_model(**enc).pooler_output)
+        return logits, torch.tensor([p[2] for p in pairs])
+
+
 def adapt_mlm(model_path: str, texts: list[str], out: Path, steps: int = 200, batch_size: int = 16,
               max_length: int = 64, lr: float = 5e-5, head_lr: float = 1e-3, documents: Optional[list[str]] = None,
               held_out: int = 200, seed: int = 0, log: Callable[[str], None] = print) -> dict:
@@ -143,50 +186,16 @@ def adapt_mlm(model_path: str, texts: list[str], out: Path, steps: int = 200, ba
     encoder = [p for n, p in model.named_parameters() if n.startswith(prefix)]
     heads = [p for n, p in model.named_parameters() if not n.startswith(prefix)]
     opt = torch.optim.AdamW([{"params": encoder, "lr": lr}, {"params": heads, "lr": head_lr}], weight_decay=0.01)
-
-    piece_chars = piece_characters(tokenizer)
-    special = set(tokenizer.all_special_ids)
-
-    def mlm_batch(batch_texts, seed):
-        ids = tokenizer(batch_texts, truncation=True, max_length=max_length)["input_ids"]
-        masked = [char_level_mask(x, piece_chars, special, tokenizer.mask_token_id,
-                                  len(tokenizer), 0.15, random.Random(seed * 100_003 + i), max_length)
-                  for i, x in enumerate(ids)]
-        width = max(len(x) for x, _ in masked)
-        pad = tokenizer.pad_token_id
-        inputs = torch.tensor([x + [pad] * (width - len(x)) for x, _ in masked])
-        targets = torch.tensor([t + [-100] * (width - len(t)) for _, t in masked])
-        batch = {"input_ids": inputs, "attention_mask": (torch.arange(width) < torch.tensor(
-            [[len(x)] for x, _ in masked])).long()}
-        if "token_type_ids" in tokenizer.model_input_names:
-            batch["token_type_ids"] = torch.zeros_like(inputs)
-        return batch, targets
-
-    heads = getattr(model, "cls", None)  # BERT-family: predictions (MLM) and seq_relationship (NSP)
-
-    def masked_logits(inputs, targets):
-        """Logits at the masked positions only (the vocabulary projection of every position would
-        cost about a third of the step), and their targets."""
-        chosen = targets >= 0
-        if hasattr(heads, "predictions"):
-            hidden = model.base_model(**inputs).last_hidden_state
-            return heads.predictions(hidden[chosen]), targets[chosen]
-        return model(**inputs).logits[chosen], targets[chosen]
-
-    def next_sentence_logits(enc):
-        return heads.seq_relationship(model.base_model(**enc).pooler_output)
+    objectives = _Objectives(model, tokenizer, max_length)
 
     t0 = time.process_time()
     model.train()
     for step in range(steps):
-        inputs, targets = mlm_batch(rng.sample(train_texts, min(batch_size, len(train_texts))), seed=step)
-        loss = torch.nn.functional.cross_entropy(*masked_logits(inputs, targets))
+        inputs, targets = objectives.mlm_batch(rng.sample(train_texts, min(batch_size, len(train_texts))), seed=step)
+        loss = torch.nn.functional.cross_entropy(*objectives.masked_logits(inputs, targets))
         if nsp:
-            pairs = nsp_pairs(train_docs, rng, batch_size)
-            enc = tokenizer([p[0] for p in pairs], [p[1] for p in pairs], truncation=True, max_length=max_length,
-                            padding=True, return_tensors="pt")
-            loss = loss + torch.nn.functional.cross_entropy(next_sentence_logits(enc),
-                                                            torch.tensor([p[2] for p in pairs]))
+            loss = loss + torch.nn.functional.cross_entropy(*objectives.next_sentence_logits(
+                nsp_pairs(train_docs, rng, batch_size)))
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -196,28 +205,33 @@ def adapt_mlm(model_path: str, texts: list[str], out: Path, steps: int = 200, ba
     model.eval()
     result = {"sentences": len(train_texts), "steps": steps, "batch_size": batch_size, "max_length": max_length,
               "source": model_path, "cpu_seconds": round(time.process_time() - t0, 1)}
-    with torch.no_grad():
-        right = total = 0
-        for i in range(0, len(test_texts), 32):
-            inputs, targets = mlm_batch(test_texts[i:i + 32], seed=10**9 + i)
-            logits, chosen = masked_logits(inputs, targets)
-            right += int((logits.argmax(-1) == chosen).sum())
-            total += len(chosen)
-        result["masked_token_accuracy"] = round(right / max(total, 1), 4)
-        result["masked_tokens_held_out"] = total
-        if nsp:
-            pairs = nsp_pairs(test_docs, random.Random(99), 400)
-            enc = tokenizer([p[0] for p in pairs], [p[1] for p in pairs], truncation=True, max_length=max_length,
-                            padding=True, return_tensors="pt")
-            pred = next_sentence_logits(enc).argmax(-1)
-            result["next_sentence_accuracy"] = round(float((pred == torch.tensor([p[2] for p in pairs])).float().mean()), 4)
-            result["documents"] = len(train_docs)
+    result.update(_held_out_scores(objectives, test_texts, test_docs if nsp else None))
+    if nsp:
+        result["documents"] = len(train_docs)
     model.config.clue_run_adapted = result
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return result
+
+
+def _held_out_scores(objectives: _Objectives, test_texts: list[str], test_docs: Optional[list]) -> dict:
+    """Masked-character accuracy on the held-out texts; next-sentence accuracy on held-out documents."""
+    scores = {}
+    with torch.no_grad():
+        right = total = 0
+        for i in range(0, len(test_texts), 32):
+            inputs, targets = objectives.mlm_batch(test_texts[i:i + 32], seed=10**9 + i)
+            logits, chosen = objectives.masked_logits(inputs, targets)
+            right += int((logits.argmax(-1) == chosen).sum())
+            total += len(chosen)
+        scores["masked_token_accuracy"] = round(right / max(total, 1), 4)
+        scores["masked_tokens_held_out"] = total
+        if test_docs is not None:
+            logits, labels = objectives.next_sentence_logits(nsp_pairs(test_docs, random.Random(99), 400))
+            scores["next_sentence_accuracy"] = round(float((logits.argmax(-1) == labels).float().mean()), 4)
+    return scores
 
 
 def adapted_label(config) -> Optional[str]:

@@ -24,8 +24,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..errors import ModelError
-from . import _first_line, load_model_config, quiet_transformers
+from ..errors import ModelError, first_line
+from . import load_model_config, quiet_transformers
 
 KINDS = ("base", "sequence_classification", "mlm", "pretraining", "causal_lm")
 _AUTO = {
@@ -235,7 +235,7 @@ def load_backbone(path: str, kind: str = "base", allow_random_init: bool = False
     try:
         model, info = getattr(transformers, _AUTO[kind]).from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:
-        raise ModelError(f"cannot load model {shown!r}: {_first_line(err)}") from None
+        raise ModelError(f"cannot load model {shown!r}: {first_line(err)}") from None
     report = LoadReport(kind)
     _classify(report, info, model, kind)
     if kind in _NEEDS:

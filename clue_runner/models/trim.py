@@ -105,13 +105,45 @@ def trim(model_dir, texts: Iterable[str], out_dir, keep_cjk_chars: bool = True,
     On `texts` the trimmed tokenizer gives the same segmentation (ids remapped) and, in float32,
     the model gives the same hidden states. This is checked before the directory is published.
     """
-    import torch
-    from safetensors import safe_open
     from tokenizers import Tokenizer
-
 
     torch_dtype(dtype)  # fail before the slow part
     model_dir = Path(model_dir)
+    tok_spec, config = _read_unigram_checkpoint(model_dir)
+    vocab = tok_spec["model"]["vocab"]
+    tokenizer = Tokenizer.from_str(json.dumps(tok_spec))
+    tokenizer.no_truncation()  # every piece of every text must be counted
+    tokenizer.no_padding()
+    texts = list(texts)
+    before = [e.ids for e in tokenizer.encode_batch(texts)]
+    kept = _kept_ids(tok_spec, config, before, keep_cjk_chars)
+    remap = _remap_tokenizer(tok_spec, kept)
+    new_tokenizer = Tokenizer.from_str(json.dumps(tok_spec))
+    for ids_before, enc in zip(before, new_tokenizer.encode_batch(texts)):
+        if [kept[i] for i in enc.ids] != ids_before:
+            raise ModelError("vocabulary trimming changed the tokenization of a kept text (please report this)")
+    tensors, params_before = _trimmed_tensors(model_dir, config["vocab_size"], kept)
+    config["vocab_size"] = len(kept)
+    for key, value in config.items():
+        if key.endswith("_token_id") and isinstance(value, int):
+            config[key] = remap.get(value)
+    config["dtype"] = dtype
+    config.pop("torch_dtype", None)  # older spelling of "dtype"
+    report = TrimReport(
+        pieces_before=len(vocab), pieces_after=len(kept),
+        bytes_before=_dir_bytes(model_dir), bytes_after=0,
+        params_before=params_before, params_after=sum(t.numel() for t in tensors.values()),
+    )
+    with atomic_dir(out_dir) as tmp:
+        _write_checkpoint(model_dir, tmp, tensors, tok_spec, config, remap, dtype)
+        report.bytes_after = _dir_bytes(tmp)
+        note = {"trimmed_from": str(model_dir), "keep_cjk_chars": keep_cjk_chars, "dtype": dtype, **asdict(report)}
+        (tmp / "clue_run_trim.json").write_text(json.dumps(note, indent=2) + "\n")
+    return report
+
+
+def _read_unigram_checkpoint(model_dir: Path) -> tuple[dict, dict]:
+    """tokenizer.json and config.json of a checkpoint that trimming supports, else one ModelError."""
     for name in ("tokenizer.json", "config.json", "model.safetensors"):
         if not (model_dir / name).is_file():
             raise ModelError(f"{model_dir}: trimming needs {name} (a single-file safetensors checkpoint)")
@@ -121,16 +153,15 @@ def trim(model_dir, texts: Iterable[str], out_dir, keep_cjk_chars: bool = True,
     if model["type"] != "Unigram":
         raise ModelError(f"{model_dir}: vocabulary trimming supports only Unigram (SentencePiece) tokenizers, "
                          f"not {model['type']}")
+    if config["vocab_size"] < len(model["vocab"]):
+        raise ModelError(f"{model_dir}: config vocab_size {config['vocab_size']} < {len(model['vocab'])} tokenizer pieces")
+    return tok_spec, config
+
+
+def _kept_ids(tok_spec: dict, config: dict, before: list[list[int]], keep_cjk_chars: bool) -> list[int]:
+    """The piece ids the trimmed vocabulary keeps, in their original order."""
+    model = tok_spec["model"]
     vocab = model["vocab"]
-    if config["vocab_size"] < len(vocab):
-        raise ModelError(f"{model_dir}: config vocab_size {config['vocab_size']} < {len(vocab)} tokenizer pieces")
-
-    tokenizer = Tokenizer.from_str(json.dumps(tok_spec))
-    tokenizer.no_truncation()  # every piece of every text must be counted
-    tokenizer.no_padding()
-    texts = list(texts)
-    before = [e.ids for e in tokenizer.encode_batch(texts)]
-
     keep = {i for ids in before for i in ids}
     keep |= {t["id"] for t in tok_spec["added_tokens"]}
     _walk_processor_ids(tok_spec.get("post_processor"), lambda i: keep.add(i) or i)  # collect template ids
@@ -144,10 +175,14 @@ def trim(model_dir, texts: Iterable[str], out_dir, keep_cjk_chars: bool = True,
         keep |= {i for i, (piece, _) in enumerate(vocab) if len(piece) == 6 and piece.startswith("<0x")}
     if keep_cjk_chars:
         keep |= {i for i, (piece, _) in enumerate(vocab) if piece == _META or _is_cjk_or_ascii_char(piece)}
-    kept = sorted(keep)  # keeps the original order, so e.g. <s> <pad> </s> <unk> keep ids 0-3
-    remap = {old: new for new, old in enumerate(kept)}
+    return sorted(keep)  # keeps the original order, so e.g. <s> <pad> </s> <unk> keep ids 0-3
 
-    model["vocab"] = [vocab[i] for i in kept]
+
+def _remap_tokenizer(tok_spec: dict, kept: list[int]) -> dict[int, int]:
+    """Cut the tokenizer spec to the kept pieces (in place); returns old id -> new id."""
+    model = tok_spec["model"]
+    remap = {old: new for new, old in enumerate(kept)}
+    model["vocab"] = [model["vocab"][i] for i in kept]
     if model.get("unk_id") is not None:
         model["unk_id"] = remap[model["unk_id"]]
     for token in tok_spec["added_tokens"]:
@@ -155,11 +190,13 @@ def trim(model_dir, texts: Iterable[str], out_dir, keep_cjk_chars: bool = True,
     _walk_processor_ids(tok_spec.get("post_processor"), remap.__getitem__)
     if tok_spec.get("padding"):
         tok_spec["padding"]["pad_id"] = remap[tok_spec["padding"]["pad_id"]]
+    return remap
 
-    new_tokenizer = Tokenizer.from_str(json.dumps(tok_spec))
-    for ids_before, enc in zip(before, new_tokenizer.encode_batch(texts)):
-        if [kept[i] for i in enc.ids] != ids_before:
-            raise ModelError("vocabulary trimming changed the tokenization of a kept text (please report this)")
+
+def _trimmed_tensors(model_dir: Path, vocab_size: int, kept: list[int]) -> tuple[dict, int]:
+    """Every tensor of the checkpoint, vocabulary-sized ones cut to the kept rows; and the parameters before."""
+    import torch
+    from safetensors import safe_open
 
     index = torch.tensor(kept)
     tensors, params_before = {}, 0
@@ -167,39 +204,26 @@ def trim(model_dir, texts: Iterable[str], out_dir, keep_cjk_chars: bool = True,
         for name in f.keys():
             t = f.get_tensor(name)
             params_before += t.numel()
-            if name.endswith(_VOCAB_TENSOR_SUFFIXES) and t.shape[0] == config["vocab_size"]:
+            if name.endswith(_VOCAB_TENSOR_SUFFIXES) and t.shape[0] == vocab_size:
                 t = t.index_select(0, index)
             tensors[name] = t
     if not any(name.endswith("word_embeddings.weight") for name in tensors):
         raise ModelError(f"{model_dir}: no word_embeddings tensor found to trim")
+    return tensors, params_before
 
-    config["vocab_size"] = len(kept)
-    for key, value in config.items():
-        if key.endswith("_token_id") and isinstance(value, int):
-            config[key] = remap.get(value)
-    config["dtype"] = dtype
-    config.pop("torch_dtype", None)  # older spelling of "dtype"
 
-    report = TrimReport(
-        pieces_before=len(vocab), pieces_after=len(kept),
-        bytes_before=_dir_bytes(model_dir), bytes_after=0,
-        params_before=params_before, params_after=sum(t.numel() for t in tensors.values()),
-    )
-    with atomic_dir(out_dir) as tmp:
-        for f in model_dir.iterdir():
-            if f.is_file() and f.name not in _REWRITTEN:
-                shutil.copy2(f, tmp / f.name)
-        save_safetensors(tensors, tmp / "model.safetensors", dtype)
-        (tmp / "tokenizer.json").write_text(json.dumps(tok_spec, ensure_ascii=False), encoding="utf-8")
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        tok_config_path = model_dir / "tokenizer_config.json"
-        if tok_config_path.is_file():
-            tok_config = json.loads(tok_config_path.read_text(encoding="utf-8"))
-            if "added_tokens_decoder" in tok_config:  # keyed by token id
-                tok_config["added_tokens_decoder"] = {
-                    str(remap[int(k)]): v for k, v in tok_config["added_tokens_decoder"].items()}
-            (tmp / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2, ensure_ascii=False) + "\n")
-        report.bytes_after = _dir_bytes(tmp)
-        note = {"trimmed_from": str(model_dir), "keep_cjk_chars": keep_cjk_chars, "dtype": dtype, **asdict(report)}
-        (tmp / "clue_run_trim.json").write_text(json.dumps(note, indent=2) + "\n")
-    return report
+def _write_checkpoint(model_dir: Path, tmp: Path, tensors: dict, tok_spec: dict, config: dict,
+                      remap: dict[int, int], dtype: str) -> None:
+    for f in model_dir.iterdir():
+        if f.is_file() and f.name not in _REWRITTEN:
+            shutil.copy2(f, tmp / f.name)
+    save_safetensors(tensors, tmp / "model.safetensors", dtype)
+    (tmp / "tokenizer.json").write_text(json.dumps(tok_spec, ensure_ascii=False), encoding="utf-8")
+    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    tok_config_path = model_dir / "tokenizer_config.json"
+    if tok_config_path.is_file():
+        tok_config = json.loads(tok_config_path.read_text(encoding="utf-8"))
+        if "added_tokens_decoder" in tok_config:  # keyed by token id
+            tok_config["added_tokens_decoder"] = {
+                str(remap[int(k)]): v for k, v in tok_config["added_tokens_decoder"].items()}
+        (tmp / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2, ensure_ascii=False) + "\n")

@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import ClueRunError
 from ..registry import did_you_mean
-from ..runs.result import RESULT_FILE, describe_adaptation, read_result
+from ..runs.result import (RESULT_FILE, HistoryEntry, ModelInfo, RunResult, TaskInfo, Throughput, describe_adaptation,
+                           read_result)
 
 FORMATS = ("table", "markdown", "csv", "json")
 
@@ -46,8 +47,8 @@ class Run:
     main_metric: str
     eval_split: str
     best: dict[str, float]
-    history: list[dict]
-    throughput: dict
+    history: list[HistoryEntry]
+    throughput: Throughput
     model_slug: str  # the bare slug: results are grouped under it on disk
 
     @property
@@ -55,40 +56,32 @@ class Run:
         return self.model, self.method
 
 
-def _model_label(model: dict) -> str:
+def _model_label(model: ModelInfo) -> str:
     """The slug, plus "(adapted on N sentences)" for a model whose heads `adapt-mlm` trained: its prompt
     results are a stand-in's, never a pretrained checkpoint's, and every row says so."""
-    adapted = describe_adaptation(model.get("adapted"))
-    return f"{model['slug']} ({adapted})" if adapted else model["slug"]
+    adapted = describe_adaptation(model.adapted)
+    return f"{model.slug} ({adapted})" if adapted else model.slug
 
 
-def runs_from_result(path: Path, result: dict) -> list[Run]:
+def runs_from_result(path: Path, result: RunResult) -> list[Run]:
     """The report's runs of one run.json: one, or one per task of a multi-task run (its system label
     names the tasks and the weighting, e.g. multitask(tnews+csldcp, realtime, proportional))."""
-    if not result.get("tasks"):
-        return [_run_from_result(path, result)]
+    if not result.is_multitask:
+        return [_run(path, result, result.task, result.best.metrics, result.history)]
     runs = []
-    for name, task in result["tasks"].items():
+    for name, task in result.tasks.items():
         prefix = f"{name}/"
-        history = [{**h, "metrics": {k[len(prefix):]: v for k, v in h.get("metrics", {}).items() if k.startswith(prefix)}}
-                   for h in result.get("history", [])]
-        view = {**result, "task": task, "best": {**result["best"], "metrics": task["best"]}, "history": history}
-        runs.append(_run_from_result(path, view))
+        history = [h.model_copy(update={"metrics": {k[len(prefix):]: v for k, v in h.metrics.items() if k.startswith(prefix)}})
+                   for h in result.history]
+        runs.append(_run(path, result, task, task.best, history))
     return runs
 
 
-def _run_from_result(path: Path, result: dict) -> Run:
-    try:
-        return Run(
-            path=path, run_id=result["run_id"], task=result["task"]["name"], model=_model_label(result["model"]),
-            model_name=result["model"]["name"], method=result["method"], seed=result["seed"],
-            created_at=result["created_at"], main_metric=result["task"]["main_metric"],
-            eval_split=result["task"]["eval_split"], best=result["best"]["metrics"],
-            history=result.get("history", []), throughput=result.get("throughput") or {},
-            model_slug=result["model"]["slug"],
-        )
-    except (KeyError, TypeError) as err:
-        raise ClueRunError(f"{path}: run result lacks field {err}") from None
+def _run(path: Path, result: RunResult, task: TaskInfo, best: dict[str, float], history: list[HistoryEntry]) -> Run:
+    return Run(path=path, run_id=result.run_id, task=task.name, model=_model_label(result.model),
+               model_name=result.model.name, method=result.method, seed=result.seed, created_at=result.created_at,
+               main_metric=task.main_metric, eval_split=task.eval_split, best=best, history=history,
+               throughput=result.throughput, model_slug=result.model.slug)
 
 
 def load_runs(dirs: Iterable[Path], skip: Iterable[Path] = ()) -> list[Run]:
@@ -101,11 +94,8 @@ def load_runs(dirs: Iterable[Path], skip: Iterable[Path] = ()) -> list[Run]:
         for path in sorted(directory.rglob(RESULT_FILE)):
             if any(path.resolve().is_relative_to(s) for s in skipped):
                 continue
-            try:
-                result = read_result(path)  # refuses unknown schema versions, naming the file
-            except json.JSONDecodeError as err:
-                raise ClueRunError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
-            runs += runs_from_result(path, result)
+            # read_result refuses unknown schema versions and malformed files, naming the file
+            runs += runs_from_result(path, read_result(path))
     return runs
 
 
@@ -164,13 +154,13 @@ class Group:
         return statistics.stdev(self.scores) if self.n > 1 else None  # sample std; undefined for one run
 
     def throughput_mean(self, key: str) -> Optional[float]:
-        values = [r.throughput[key] for r in self.runs if r.throughput.get(key) is not None]
+        values = [getattr(r.throughput, key) for r in self.runs if getattr(r.throughput, key) is not None]
         return statistics.fmean(values) if values else None
 
     def seconds_per_epoch(self) -> Optional[float]:
         """Training time (evaluation excluded) over the epochs the runs trained."""
-        values = [r.throughput["train_seconds"] / r.history[-1]["epoch"] for r in self.runs
-                  if r.throughput.get("train_seconds") and r.history and r.history[-1].get("epoch")]
+        values = [r.throughput.train_seconds / r.history[-1].epoch for r in self.runs
+                  if r.throughput.train_seconds and r.history and r.history[-1].epoch]
         return statistics.fmean(values) if values else None
 
 

@@ -57,9 +57,9 @@ def _curves(ax, runs: list[Run], report: Report, colours: dict[str, tuple], key:
             continue
         if key == "metric":
             metric = report.metrics[run.task]
-            points = [(h["epoch"], h["metrics"][metric] * 100) for h in run.history if metric in h.get("metrics", {})]
+            points = [(h.epoch, h.metrics[metric] * 100) for h in run.history if metric in h.metrics]
         else:
-            points = [(h["epoch"], h["train_loss"]) for h in run.history if h.get("train_loss") is not None]
+            points = [(h.epoch, h.train_loss) for h in run.history if h.train_loss is not None]
         if points:
             grouped.setdefault((label, run.task), []).append(dict(points))
     for (label, task), seeds in grouped.items():

@@ -33,7 +33,7 @@ def check_best_is_the_results(run_dir: Path) -> None:
     held = best_step(run_dir / BEST_DIR)
     if held is None or not (run_dir / RESULT_FILE).is_file():
         return
-    named = read_result(run_dir)["best"]["step"]
+    named = read_result(run_dir).best.step
     if held != named:
         raise RunError(f"{run_dir / BEST_DIR}: holds step {held}, but {RESULT_FILE} names step {named} as best; "
                        "the run directory was changed by hand: train it again")

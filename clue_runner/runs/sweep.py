@@ -27,11 +27,11 @@ from typing import Any, Iterator, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..config import ExperimentConfig, _set_path, build_config, parse_override
+from ..config import ExperimentConfig, set_path, build_config, parse_override
 from ..errors import ConfigError
 from .lock import RunLock, RunLocked
 from .naming import model_slug
-from .result import RESULT_FILE, atomic_write_text
+from .result import RESULT_FILE, RunResult, atomic_write_text
 
 CELL_FILE = "cell.yaml"  # the cell's resolved config, written before it is launched
 STATUS_FILE = "sweep-status.json"  # the last attempt: running / done / failed, attempts, host
@@ -198,12 +198,12 @@ def expand(config: SweepConfig, base: dict, overrides: list[str], directory: Pat
     axes = _grid(config, source)
     for item in overrides:
         key, value = parse_override(item)
-        _set_path(base, key, value)
+        set_path(base, key, value)
     cells, seen = [], {}
     for index, values in enumerate(itertools.product(*(v for _, v in axes))):
         raw = copy.deepcopy(base)
         for (key, _), value in zip(axes, values):
-            _set_path(raw, key, value)
+            set_path(raw, key, value)
         raw["output_dir"] = str(directory)
         where = ", ".join(f"{k}={_short(v)}" for (k, _), v in zip(axes, values)) or "the base"
         cfg = build_config(raw, source=f"{source} (cell {index}: {where})")
@@ -423,7 +423,7 @@ def launch(sweep: Sweep, cells: list[Cell]) -> Iterator[Optional[dict]]:
 # -- selection ----------------------------------------------------------------------------------
 
 
-def select_best(sweep: Sweep, results: dict[str, dict]) -> dict[tuple, dict]:
+def select_best(sweep: Sweep, results: dict[str, RunResult]) -> dict[tuple, dict]:
     """Per task × model × method: the hyperparameters with the best mean (over seeds) of the main metric on the eval
     split (dev), among finished cells. Returns {(task, model, method): {"hparams", "score", "run_ids", "scores"}}."""
     groups: dict[tuple, dict[str, list]] = {}
@@ -431,8 +431,8 @@ def select_best(sweep: Sweep, results: dict[str, dict]) -> dict[tuple, dict]:
         result = results.get(cell.run_id)
         if result is None:
             continue
-        system = (cell.task, result["model"]["slug"], result["method"])
-        score = result["best"]["metrics"][result["task"]["main_metric"]]
+        system = (cell.task, result.model.slug, result.method)
+        score = result.main_score
         entry = groups.setdefault(system, {}).setdefault(cell.hparam_label, {"hparams": cell.hparams, "run_ids": [],
                                                                             "scores": []})
         entry["run_ids"].append(cell.run_id)

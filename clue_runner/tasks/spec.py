@@ -1,7 +1,7 @@
 """What a task YAML says: where its files are, which fields are inputs, its label set, its head,
 its metrics and main metric, and how its test predictions are named for the leaderboard.
 
-Names (head, input encoder, metrics) are checked against the built-in table (`plugins`) without
+Names (head, input encoder, metrics, data and submission formats) are checked against the built-in table (`plugins`) without
 importing their implementations.
 """
 
@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import ConfigError
-from ..plugins import HEADS, METRICS, PARSERS
+from ..plugins import DATA_FORMATS, HEADS, METRICS, PARSERS, SUBMISSION_FORMATS
 from ..registry import did_you_mean
 
 
@@ -27,29 +27,44 @@ class HubSource(_Strict):
     splits: dict[str, str] = {}  # our split name -> hub split name (default: same)
 
 
-Format = Literal["jsonl", "tsv", "csv", "lines", "squad", "c3"]
+def _registered(registry, name: Optional[str]) -> Optional[str]:
+    """`name` if the registry knows it (checked by name: nothing is imported), else the registry's one line."""
+    if name is not None and name not in registry:
+        raise ValueError(registry.unknown(name))
+    return name
 
 
 class SplitFile(_Strict):
     """A split whose file differs in layout from the task's default (e.g. unlabelled SimCSE text)."""
 
     file: Union[str, list[str]]  # several files are read one after the other (C3's d + m parts)
-    format: Optional[Format] = None
+    format: Optional[str] = None  # a data format (plugins.DATA_FORMATS); default: the task's
     columns: Optional[list[str]] = None  # for `lines`: the field name of the one text (default: inputs.text_a)
     header: Optional[bool] = None
     unpaired: bool = False  # rows hold only the first text (unlabelled SimCSE sentences of a pair task)
     answers: Optional[str] = None  # a separate answer file (official CHID: {blank id: candidate index})
 
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value):
+        return _registered(DATA_FORMATS, value)
+
 
 class DataSpec(_Strict):
     dir: str  # relative to the data directory
     splits: dict[str, Union[str, list[str], SplitFile]]  # split -> file name(s) (may contain {variant}), relative to dir
-    format: Format = "jsonl"  # JSON lines (CLUE), tab- or comma-separated text, or one text per line
+    # a data format (plugins.DATA_FORMATS): JSON lines (CLUE), tab- or comma-separated text, one text per line …
+    format: str = "jsonl"
     columns: Optional[list[str]] = None  # field names of delimited files without a header row
     header: bool = False  # delimited files: the first row names the fields
     variants: list[str] = []  # e.g. FewCLUE's 0..4, few_all
     default_variant: Optional[str] = None
     hub: Optional[HubSource] = None
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value):
+        return _registered(DATA_FORMATS, value)
 
 
 class InputSpec(_Strict):
@@ -84,10 +99,16 @@ class LabelSpec(_Strict):
 class SubmissionSpec(_Strict):
     file: str  # CLUE 1.1 / FewCLUE file name
     file_v10: Optional[str] = None  # CLUE 1.0 name where it differs
-    # jsonl_label: {"id", "label": label string} per line; jsonl_index: label = the choice's index;
-    # json_object: one object {test id: answer text or candidate index}; jsonl_entities: CLUENER lines
-    format: Literal["jsonl_label", "jsonl_index", "json_object", "jsonl_entities"] = "jsonl_label"
+    # a leaderboard layout (plugins.SUBMISSION_FORMATS): jsonl_label: {"id", "label": label string} per line;
+    # jsonl_index: label = the choice's index; json_object: one object {test id: answer text or candidate
+    # index}; jsonl_entities: CLUENER lines
+    format: str = "jsonl_label"
     key: str = "label"  # the prediction's key in jsonl lines (FewCLUE CHID: "answer", as its official examples)
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value):
+        return _registered(SUBMISSION_FORMATS, value)
 
 
 MASK = "[MASK]"
