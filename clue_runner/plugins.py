@@ -19,6 +19,7 @@ HEADS: Registry = Registry("head", {
     "pet": "clue_runner.heads.prompt:PetHead",
     "nsp": "clue_runner.heads.prompt:NspHead",
     "ptuning_gpt": "clue_runner.heads.causal_prompt:PtuningGptHead",
+    "icl": "clue_runner.heads.incontext:IclHead",
 }, "clue_run.heads")
 
 METHODS: Registry = Registry("method", {

@@ -192,6 +192,8 @@ def test_causal_lm_backbone_pads_for_the_user(arch, tiny_decoder, data_dir):
     assert backbone.load_report.new_head == [] and backbone.load_report.missing_encoder == []
     tokenizer = load_tokenizer(path)
     assert (tokenizer.pad_token is not None) == (arch in PADDED)  # as GPT-2, Llama and Qwen2.5 ship
+    ids = tokenizer("这部电影很好看，值得一看", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 12 and tokenizer.unk_token_id not in ids  # one token per character, none unknown
     texts = ["这部电影很好看", "差评"]
     logits = {}
     for side in ("left", "right"):

@@ -312,6 +312,7 @@ def assemble(cfg: ExperimentConfig, source: ModelSource, log: Callable[[str], No
                       allow_random_init=cfg.model.allow_random_init, seed=cfg.train.seed, name=source.name,
                       log=log if source.training else silent, max_length=cfg.data.max_length,
                       head=(resolved.head_cls, resolved.head_params), pad_token_id=source.tokenizer.pad_token_id)
+    model.bind_data(cfg.data)
     featurize, predict = model.featurize, model.predict
     report = model.backbone.load_report
     return Built(cfg, task, source.tokenizer, model, methods, source.path, featurize, predict,

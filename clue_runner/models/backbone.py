@@ -165,10 +165,11 @@ class Backbone(nn.Module):
         return self.model(**self._inputs(batch)).seq_relationship_logits
 
     def causal(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache=None,
-               position_ids: Optional[torch.Tensor] = None, use_cache: bool = False):
+               position_ids: Optional[torch.Tensor] = None, use_cache: bool = False, logits_to_keep: int = 0):
         """One causal-LM forward: `logits` [B, T, V] and, with `use_cache`, the `cache` (keys and
-        values of every token so far) to continue from. Positions follow the attention mask (pads take no position), so left and right
-        padding give the same logits for the same tokens."""
+        values of every token so far) to continue from; `logits_to_keep` 1: the last position's logits
+        only. Positions follow the attention mask (pads take no position), so left and right padding
+        give the same logits for the same tokens."""
         if self.kind != "causal_lm":
             raise RuntimeError(f"a {self.kind} backbone has no language-model head")
         if position_ids is None:
@@ -176,7 +177,7 @@ class Backbone(nn.Module):
             if cache is not None:  # the mask covers the cached prefix too: keep only the new part
                 position_ids = position_ids[:, -input_ids.shape[1]:]
         return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          cache=cache, use_cache=use_cache)
+                          cache=cache, use_cache=use_cache, logits_to_keep=logits_to_keep)
 
     def lm_hidden(self, attention_mask: torch.Tensor, input_ids: Optional[torch.Tensor] = None,
                   inputs_embeds: Optional[torch.Tensor] = None, cache=None, position_ids: Optional[torch.Tensor] = None,

@@ -158,12 +158,13 @@ class RunResult(Record):
     environment: Environment
     wall_time_s: float  # this process (a resumed run counts its last part)
     tasks: Optional[dict[str, TaskScores]] = None  # a multi-task run: every task's own scores
+    head: Optional[dict[str, Any]] = None  # the head's own record (an LM template's text and hash, demonstrations)
     migrated_from: Optional[int] = None  # read from an older schema version (never in a file written now)
 
     @model_serializer(mode="wrap")
     def _omit_absent(self, handler):
         data = handler(self)
-        for key in ("tasks", "migrated_from"):  # absent, not null, as the file has always been
+        for key in ("tasks", "head", "migrated_from"):  # absent, not null, as the file has always been
             if data.get(key) is None:
                 data.pop(key, None)
         return data
