@@ -91,6 +91,16 @@ class SplitSummary(Record):
     dropped: dict[str, int]  # label value -> rows dropped by design
     skipped: int
     skipped_first: list[str]
+    cut: Optional[int] = None  # texts cut before tokenizing (data.limits); absent when none was
+    cut_first: Optional[list[str]] = None
+
+    @model_serializer(mode="wrap")
+    def _omit_uncut(self, handler):
+        data = handler(self)
+        if data.get("cut") is None:
+            data.pop("cut", None)
+            data.pop("cut_first", None)
+        return data
 
 
 class DataSummary(Record):
