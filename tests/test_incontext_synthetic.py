@@ -5,9 +5,8 @@ The language: a sentence is 3 characters of one group (甲乙丙丁戊己 or 子
 "：" and a verdict word (好 / 坏). Zero-shot: pretrained with group 1 → 好, the model scores held-out
 sentences ≥ 0.9 while the untrained one is at chance.
 
-Not here: k-shot beating zero-shot on a mapping only the demonstrations show (a group → word
-mapping flipped per pretraining episode) needs an induction head; a 2-layer GPT-2 had not learnt one
-after 600 steps (118 s of CPU: 4-shot 0.515 = zero-shot 0.515), too long for a test: bench/icl_kshot.py.
+Not here (too slow for a test): k-shot against zero-shot on a mapping only the demonstrations show,
+bench/icl_kshot.py (377 s of CPU: zero-shot 0.500, 1-shot 0.750, 4-shot 0.500).
 """
 
 from __future__ import annotations
@@ -73,8 +72,8 @@ def pretrain(model, tokenizer, flip_at_random: bool, steps: int, seed: int = 0, 
     model.eval()
 
 
-def accuracy(model, tokenizer, examples, k: int = 0, pool=None) -> float:
-    head = IclHead(Backbone(model, "causal_lm"), TASK, IclParams(k=k, balanced=True, seed=1)).eval()
+def accuracy(model, tokenizer, examples, k: int = 0, pool=None, task: TaskSpec = TASK) -> float:
+    head = IclHead(Backbone(model, "causal_lm"), task, IclParams(k=k, balanced=True, seed=1)).eval()
     head.pool = pool or []
     enc = head.featurize(examples, tokenizer, 128)
     from clue_runner.features import collate
