@@ -295,6 +295,10 @@ class ExperimentConfig(Strict):
                 " w=" + "/".join(f"{e.weight:g}" for e in self.tasks))
             return f"multitask({'+'.join(e.name for e in self.tasks)}, {mt.weighting}, {draw}{weights})"
         head = self.head.model_dump(exclude_none=True)
+        resolved = self.resolved
+        own = resolved.head_cls.label(resolved.task, resolved.head_params)
+        if own is not None:  # a head that names its own setting (in-context scoring: `icl(k=4, calibrated)`)
+            return "+".join([own, *([resolved.method_label()] if self.methods else [])])
         parts = ["finetune" if self.train.max_steps != 0 else "no-training"]
         if head:
             parts.append("/".join(f"{v}" if k == "name" else f"{k}={v}" for k, v in head.items()))

@@ -18,6 +18,8 @@ HEADS: Registry = Registry("head", {
     "global_pointer": "clue_runner.heads.entity:GlobalPointerHead",
     "pet": "clue_runner.heads.prompt:PetHead",
     "nsp": "clue_runner.heads.prompt:NspHead",
+    "ptuning_gpt": "clue_runner.heads.causal_prompt:PtuningGptHead",
+    "icl": "clue_runner.heads.incontext:IclHead",
 }, "clue_run.heads")
 
 METHODS: Registry = Registry("method", {

@@ -136,6 +136,22 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_decoder(tmp_path_factory):
+    """`tiny_decoder("gpt2" | "qwen2" | "llama")`: a random 2-layer causal LM with a character-level
+    byte BPE over the data's characters and no pad token, built once per session (tests/decoders.py)."""
+    from decoders import make_decoder
+
+    made: dict = {}
+
+    def get(arch: str) -> Path:
+        if arch not in made:
+            made[arch] = make_decoder(arch, tmp_path_factory.mktemp(f"tiny-{arch}"), _fixture_chars())
+        return made[arch]
+
+    return get
+
+
 def complete_result(task: str, model: str, method: str, seed: int, history: list[dict], best_step: int,
                     **fields) -> dict:
     """A complete run.json (valid for RunResult) for report tests, built by hand: `history` gives each evaluation's

@@ -22,6 +22,7 @@ from clue_runner.engine.build import load_task_split
 from clue_runner.engine.evaluate import score
 
 from conftest import DATA_DIR, _fixture_chars
+from decoders import PADDED, byte_bpe
 
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
@@ -63,27 +64,9 @@ def _unigram(directory: Path, cls_name: str):
 
 def _byte_bpe(directory: Path):
     """A byte-level BPE whose merges make each data character one token (GPT-2/RoBERTa style)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import RobertaTokenizerFast
 
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    vocab = {s: i for i, s in enumerate(SPECIALS)}
-    for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab.setdefault(symbol, len(vocab))
-    merges = []
-    for char, _ in _char_counts().most_common():
-        pieces = byte_level.pre_tokenize_str(char)
-        if len(pieces) != 1 or len(pieces[0][0]) < 2:
-            continue
-        current = pieces[0][0][0]
-        for symbol in pieces[0][0][1:]:
-            if current + symbol not in vocab:
-                vocab[current + symbol] = len(vocab)
-                merges.append((current, symbol))
-            current += symbol
-    tok = Tokenizer(models.BPE(vocab, merges))
-    tok.pre_tokenizer, tok.decoder = byte_level, decoders.ByteLevel()
-    return RobertaTokenizerFast(tokenizer_object=tok)
+    return RobertaTokenizerFast(tokenizer_object=byte_bpe([c for c, _ in _char_counts().most_common()], SPECIALS))
 
 
 SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
@@ -193,3 +176,35 @@ def test_train_and_reload_same_score(arch, head, checkpoints, data_dir, tmp_path
     logits, _ = run.logits(enc)
     again = score(run.task, run.predict, logits, enc, None)
     assert again == pytest.approx(result.best.metrics, abs=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "qwen2", "llama"])
+def test_causal_lm_backbone_pads_for_the_user(arch, tiny_decoder, data_dir):
+    """A decoder loads as `causal_lm` with its LM head; a tokenizer without a pad token pads with EOS;
+    left and right padding give the same next-token logits at every real token."""
+    import torch
+
+    from clue_runner.models import load_tokenizer
+    from clue_runner.models.backbone import decoder_tokenizer, load_backbone
+
+    path = str(tiny_decoder(arch))
+    backbone = load_backbone(path, "causal_lm")
+    assert backbone.load_report.new_head == [] and backbone.load_report.missing_encoder == []
+    tokenizer = load_tokenizer(path)
+    assert (tokenizer.pad_token is not None) == (arch in PADDED)  # as GPT-2, Llama and Qwen2.5 ship
+    ids = tokenizer("这部电影很好看，值得一看", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 12 and tokenizer.unk_token_id not in ids  # one token per character, none unknown
+    texts = ["这部电影很好看", "差评"]
+    logits = {}
+    for side in ("left", "right"):
+        decoder_tokenizer(tokenizer, side)
+        assert tokenizer.pad_token == tokenizer.eos_token and tokenizer.padding_side == side
+        batch = tokenizer(texts, return_tensors="pt", padding=True)
+        with torch.no_grad():
+            out = backbone.causal(batch["input_ids"], batch["attention_mask"]).logits
+        mask = batch["attention_mask"].bool()
+        logits[side] = [out[i][mask[i]] for i in range(len(texts))]
+    for left, right in zip(logits["left"], logits["right"]):
+        assert torch.allclose(left, right, atol=1e-4)
+    with pytest.raises(ValueError):
+        decoder_tokenizer(tokenizer, "middle")

@@ -289,7 +289,13 @@ def tasks_show(name: str):
 
     from ..tasks import get_task
 
-    out.print(yaml.safe_dump(get_task(name).model_dump(mode="json"), allow_unicode=True, sort_keys=False), highlight=False)
+    task = get_task(name)
+    out.print(yaml.safe_dump(task.model_dump(mode="json"), allow_unicode=True, sort_keys=False), highlight=False)
+    if task.lm is not None:  # a sampled label set inflates in-context scores: say that none is used
+        scored = ("each example's own choices" if task.label.kind == "structured" else
+                  f"all {len(task.label.values)} labels, always: " + " / ".join(task.lm_words().values()))
+        out.print(f"in-context scoring (head icl): templates {', '.join(task.lm.templates)}; scores {scored}",
+                  highlight=False, soft_wrap=True)
 
 
 @model_app.command("convert")

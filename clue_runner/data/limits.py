@@ -68,6 +68,7 @@ def bound_texts(item, names: tuple, limits: TextLimits) -> list[Cut]:
     `names`: the fields the two texts came from, for the messages."""
     cuts = []
     for attr, name in zip(("text_a", "text_b"), names):
+        name = name or attr  # a parser-built text (C3 choices): named by its slot
         text, limit = getattr(item, attr), getattr(limits, attr)
         if not isinstance(text, str):
             continue

@@ -32,7 +32,7 @@ from ..features import Encoded
 from ..heads import Head, resolve_head
 from ..methods import BuildContext, Method
 from ..models import load_model_config, load_tokenizer, resolve_model
-from ..models.backbone import load_backbone
+from ..models.backbone import decoder_tokenizer, is_decoder, load_backbone
 from ..multitask.model import MultiTaskModel
 from ..multitask.weighting import weighting_class
 from ..paths import cache_root
@@ -214,9 +214,11 @@ def check_positions(cfg: ExperimentConfig, model_path: str, methods: list[Method
 def model_for(task: TaskSpec, model_path: str, head_cfg=None, dropout: float = 0.1, methods: list[Method] = (),
               ctx: Optional[BuildContext] = None, allow_random_init: bool = False, seed: Optional[int] = None,
               name: Optional[str] = None, log: Callable[[str], None] = silent,
-              max_length: Optional[int] = None, head: Optional[tuple] = None) -> Head:
+              max_length: Optional[int] = None, head: Optional[tuple] = None,
+              pad_token_id: Optional[int] = None) -> Head:
     """The head module on a backbone loaded from `model_path` as the kind the head and methods need,
-    with the methods' model surgery applied. `head`: the (class, params) a config resolved, else from `head_cfg`."""
+    with the methods' model surgery applied. `head`: the (class, params) a config resolved, else from
+    `head_cfg`. `pad_token_id`: the id batches are padded with."""
     from ..models.positions import extend_positions, is_rotary
 
     head_cls, head_params = head or resolve_head(task, head_cfg)
@@ -228,7 +230,8 @@ def model_for(task: TaskSpec, model_path: str, head_cfg=None, dropout: float = 0
     backbone = load_backbone(
         model_path, kind, allow_random_init=allow_random_init, dropout=dropout,
         num_labels=len(task.label.values) if categorical else None, regression=task.label.kind == "score",
-        id2label=dict(enumerate(task.label.values)) if categorical else None, name=name)
+        id2label=dict(enumerate(task.label.values)) if categorical else None, name=name,
+        pad_token_id=pad_token_id)
     for line in backbone.load_report.lines():
         log(f"{name or model_path}: {line}")
     for m in methods:
@@ -277,7 +280,7 @@ def build(cfg: ExperimentConfig, checkpoint: Optional[Path] = None, device: str 
 
 def model_source(cfg: ExperimentConfig, checkpoint: Optional[Path], log: Callable[[str], None]) -> ModelSource:
     if checkpoint is not None:
-        tokenizer = load_tokenizer(str(checkpoint))
+        tokenizer = padded_tokenizer(str(checkpoint))
         return ModelSource(str(checkpoint), tokenizer, str(checkpoint), Path(checkpoint),
                            untrimmed_tokenizer(cfg, tokenizer))
     model_path = resolve_model(cfg.model.name)
@@ -288,7 +291,16 @@ def model_source(cfg: ExperimentConfig, checkpoint: Optional[Path], log: Callabl
     if cfg.model.trim_vocab and not trim_skip(cfg, model_path):
         texts = [t for tc in configs for t in task_texts(tc.resolved.task, tc.data.dir)]
         model_path = trimmed_for_texts(model_path, texts, "+".join(tc.resolved.task.name for tc in configs), log)
-    return ModelSource(model_path, load_tokenizer(model_path), cfg.model.name)
+    return ModelSource(model_path, padded_tokenizer(model_path), cfg.model.name)
+
+
+def padded_tokenizer(model_path: str):
+    """The model's tokenizer; a decoder's pads with EOS where it has no pad token, on the right as
+    batches are padded (features.batching), and best/ saves it so for plain transformers."""
+    tokenizer = load_tokenizer(model_path)
+    if is_decoder(load_model_config(model_path)):
+        decoder_tokenizer(tokenizer, "right")
+    return tokenizer
 
 
 def assemble(cfg: ExperimentConfig, source: ModelSource, log: Callable[[str], None]) -> Built:
@@ -299,7 +311,8 @@ def assemble(cfg: ExperimentConfig, source: ModelSource, log: Callable[[str], No
     model = model_for(task, source.path, dropout=cfg.model.dropout, methods=methods, ctx=ctx,
                       allow_random_init=cfg.model.allow_random_init, seed=cfg.train.seed, name=source.name,
                       log=log if source.training else silent, max_length=cfg.data.max_length,
-                      head=(resolved.head_cls, resolved.head_params))
+                      head=(resolved.head_cls, resolved.head_params), pad_token_id=source.tokenizer.pad_token_id)
+    model.bind_data(cfg.data)
     featurize, predict = model.featurize, model.predict
     report = model.backbone.load_report
     return Built(cfg, task, source.tokenizer, model, methods, source.path, featurize, predict,

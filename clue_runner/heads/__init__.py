@@ -86,6 +86,20 @@ class Head(nn.Module):
         """Examples → tokenized items (one per example here; windows or choices in other heads)."""
         return encode_examples(examples, tokenizer, max_length, self.separate_pairs, use_cache)
 
+    @classmethod
+    def label(cls, task, params) -> Optional[str]:
+        """How reports name a setting of this head, where the default (training kind and head
+        options) would not say it well; None: the default."""
+        return None
+
+    def bind_data(self, data_options) -> None:
+        """The run's `data:` options, for a head that reads a split of its own (in-context
+        demonstrations come from the train split); most heads need nothing."""
+
+    def describe(self) -> dict:
+        """What run.json records about the head beyond its options (an LM template's text and hash)."""
+        return {}
+
     def predict(self, outputs, enc: Optional[Encoded] = None):
         raise NotImplementedError
 

@@ -7,7 +7,10 @@ model's keyword arguments. Kinds:
 - `sequence_classification`: `AutoModelForSequenceClassification`, the architecture's own
   classification head, so a saved run loads into that class elsewhere with the same predictions;
 - `mlm`: `AutoModelForMaskedLM` (a pretrained masked-LM head is required);
-- `pretraining`: `AutoModelForPreTraining` (pretrained masked-LM and next-sentence heads).
+- `pretraining`: `AutoModelForPreTraining` (pretrained masked-LM and next-sentence heads);
+- `causal_lm`: `AutoModelForCausalLM` (a decoder with its pretrained LM head: GPT-2, Qwen2, Llama,
+  Mistral-style checkpoints). Decoder tokenizers usually have no pad token: `decoder_tokenizer` uses
+  EOS as the pad token and sets the padding side the calling code asks for (never a default).
 
 Loading is honest: weights the checkpoint lacks or does not use are reported, and a checkpoint
 whose encoder weights would be randomly initialised is refused unless explicitly allowed.
@@ -24,15 +27,18 @@ from torch import nn
 from ..errors import ModelError, first_line
 from . import load_model_config, quiet_transformers
 
-KINDS = ("base", "sequence_classification", "mlm", "pretraining")
+KINDS = ("base", "sequence_classification", "mlm", "pretraining", "causal_lm")
 _AUTO = {
     "base": "AutoModel",
     "sequence_classification": "AutoModelForSequenceClassification",
     "mlm": "AutoModelForMaskedLM",
     "pretraining": "AutoModelForPreTraining",
+    "causal_lm": "AutoModelForCausalLM",
 }
 # What a user must bring for a kind whose head the checkpoint has to have pretrained.
-_NEEDS = {"mlm": "a pretrained masked-LM head", "pretraining": "pretrained masked-LM and next-sentence heads"}
+_NEEDS = {"mlm": "a pretrained masked-LM head", "pretraining": "pretrained masked-LM and next-sentence heads",
+          "causal_lm": "a pretrained language-model head"}
+PADDING_SIDES = ("left", "right")
 
 
 @dataclass
@@ -82,6 +88,12 @@ def has_class(config, kind: str) -> bool:
 
     auto = getattr(transformers, _AUTO[kind])
     return type(config) in auto._model_mapping
+
+
+def is_decoder(config) -> bool:
+    """A decoder-only LM (GPT-2, Qwen2, Llama …): transformers has a causal-LM class for it and no
+    masked-LM one (BERT-style encoders have both)."""
+    return has_class(config, "causal_lm") and not has_class(config, "mlm")
 
 
 class Backbone(nn.Module):
@@ -152,8 +164,53 @@ class Backbone(nn.Module):
             raise RuntimeError(f"a {self.kind} backbone has no next-sentence head")
         return self.model(**self._inputs(batch)).seq_relationship_logits
 
+    def causal(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache=None,
+               position_ids: Optional[torch.Tensor] = None, use_cache: bool = False, logits_to_keep: int = 0):
+        """One causal-LM forward: `logits` [B, T, V] and, with `use_cache`, the `cache` (keys and
+        values of every token so far) to continue from; `logits_to_keep` 1: the last position's logits
+        only. Positions follow the attention mask (pads take no position), so left and right padding
+        give the same logits for the same tokens."""
+        if self.kind != "causal_lm":
+            raise RuntimeError(f"a {self.kind} backbone has no language-model head")
+        if position_ids is None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            if cache is not None:  # the mask covers the cached prefix too: keep only the new part
+                position_ids = position_ids[:, -input_ids.shape[1]:]
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          cache=cache, use_cache=use_cache, logits_to_keep=logits_to_keep)
+
+    def lm_hidden(self, attention_mask: torch.Tensor, input_ids: Optional[torch.Tensor] = None,
+                  inputs_embeds: Optional[torch.Tensor] = None, cache=None, position_ids: Optional[torch.Tensor] = None,
+                  use_cache: bool = False):
+        """A causal LM's final hidden states (`last_hidden_state`, and with `use_cache` the `cache`
+        to continue from), without the LM head: callers apply `lm_head` only where they read a token."""
+        if self.kind != "causal_lm":
+            raise RuntimeError(f"a {self.kind} backbone has no language-model head")
+        return self.encoder(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                            cache=cache, position_ids=position_ids, use_cache=use_cache)
+
+    def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits of final hidden states."""
+        return self.model.get_output_embeddings()(hidden)
+
     def save_pretrained(self, directory, model: Optional[nn.Module] = None) -> None:
         (model or self.model).save_pretrained(directory)
+
+
+def decoder_tokenizer(tokenizer, padding_side: str):
+    """`tokenizer` made ready to pad a decoder's batches: without a pad token it pads with EOS
+    (the usual GPT-2/Llama/Qwen case; pads are masked, so the id never reaches a score), and its
+    padding side is the one the caller needs (`left` to generate or continue from the last token,
+    `right` to read a token by position). A tokenizer with neither pad nor EOS is refused."""
+    if padding_side not in PADDING_SIDES:
+        raise ValueError(f"padding side must be one of {PADDING_SIDES}, not {padding_side!r}")
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelError(f"tokenizer {tokenizer.name_or_path!r} has neither a pad nor an EOS token to pad with; "
+                             "add a pad token to the tokenizer")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return tokenizer
 
 
 def _classify(report: LoadReport, info: dict, model: nn.Module, kind: str) -> None:
@@ -171,8 +228,12 @@ def _classify(report: LoadReport, info: dict, model: nn.Module, kind: str) -> No
 
 def load_backbone(path: str, kind: str = "base", allow_random_init: bool = False, dropout: Optional[float] = None,
                   num_labels: Optional[int] = None, id2label: Optional[dict] = None,
-                  regression: bool = False, name: Optional[str] = None) -> Backbone:
+                  regression: bool = False, name: Optional[str] = None,
+                  pad_token_id: Optional[int] = None) -> Backbone:
     """`path` loaded as `kind`, in fp32 (mixed precision comes from autocast), with a load report.
+
+    `pad_token_id`: the id batches are padded with. A decoder's classification head reads the last
+    token that is not this id, so its config must name the tokenizer's pad (often EOS) exactly.
 
     Refused with one line: an architecture transformers cannot load, a kind the architecture has no
     class for, a checkpoint without the pretrained head the kind needs, encoder weights that would
@@ -193,6 +254,8 @@ def load_backbone(path: str, kind: str = "base", allow_random_init: bool = False
         elif id2label is not None:
             kwargs.update(id2label=id2label, label2id={v: k for k, v in id2label.items()},
                           problem_type="single_label_classification")
+        if pad_token_id is not None and is_decoder(config):
+            kwargs["pad_token_id"] = pad_token_id
         if dropout is not None and hasattr(config, "classifier_dropout"):
             kwargs["classifier_dropout"] = dropout
     try:

@@ -21,6 +21,7 @@ from typing import Callable, Optional
 from ..config import ExperimentConfig
 from ..engine import distributed
 from ..errors import DiskError, RunError, disk_error_line, is_disk_error
+from ..heads import Head
 from .naming import model_slug
 from .prepare import load_task_data, prepare
 from .result import RESULT_FILE, SCHEMA_VERSION, environment, write_result
@@ -161,6 +162,9 @@ def run_result(cfg: ExperimentConfig, prepared, state, run_id: str, clock: float
         "environment": environment(built.device),
         "wall_time_s": round(time.perf_counter() - clock, 2),  # this process (a resumed run counts its last part)
     }
+    head = built.model.describe() if isinstance(built.model, Head) else {}  # a multi-task model has no one head
+    if head:
+        result["head"] = head  # e.g. the LM template scored and its hash (in-context scoring)
     tasks = prepared.tasks_result(state)
     if tasks is not None:
         result["tasks"] = tasks  # a multi-task run: every task's own scores

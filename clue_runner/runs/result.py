@@ -91,6 +91,16 @@ class SplitSummary(Record):
     dropped: dict[str, int]  # label value -> rows dropped by design
     skipped: int
     skipped_first: list[str]
+    cut: Optional[int] = None  # texts cut before tokenizing (data.limits); absent when none was
+    cut_first: Optional[list[str]] = None
+
+    @model_serializer(mode="wrap")
+    def _omit_uncut(self, handler):
+        data = handler(self)
+        if data.get("cut") is None:
+            data.pop("cut", None)
+            data.pop("cut_first", None)
+        return data
 
 
 class DataSummary(Record):
@@ -158,12 +168,13 @@ class RunResult(Record):
     environment: Environment
     wall_time_s: float  # this process (a resumed run counts its last part)
     tasks: Optional[dict[str, TaskScores]] = None  # a multi-task run: every task's own scores
+    head: Optional[dict[str, Any]] = None  # the head's own record (an LM template's text and hash, demonstrations)
     migrated_from: Optional[int] = None  # read from an older schema version (never in a file written now)
 
     @model_serializer(mode="wrap")
     def _omit_absent(self, handler):
         data = handler(self)
-        for key in ("tasks", "migrated_from"):  # absent, not null, as the file has always been
+        for key in ("tasks", "head", "migrated_from"):  # absent, not null, as the file has always been
             if data.get(key) is None:
                 data.pop(key, None)
         return data

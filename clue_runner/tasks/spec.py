@@ -231,6 +231,63 @@ def check_template(template: str, where: str = "template", cloze: bool = False) 
         raise ValueError(f"{where}: a cloze template has {before}, then the {MASK}, then {after}, each once")
 
 
+LM_SLOTS = ("{text_a}", "{text_b}")
+LABEL_SLOT = "{label}"
+CHOICE_ENCODERS = ("multiple_choice", "idiom_cloze")  # label words are each example's choices
+
+
+class LmTemplate(_Strict):
+    """One in-context scoring template: the query's `prompt` (the context) and the `answer` that
+    follows it for each label (the continuation scored), `{label}` standing for the label's word.
+    A demonstration is its prompt followed by its gold answer. A cloze task's prompt ends at the
+    blank (`{before_blank}`) and its answer is `{label}{after_blank}`: the candidate-filled passage."""
+
+    prompt: str
+    answer: str = LABEL_SLOT
+
+
+class LmSpec(_Strict):
+    """Decoder in-context scoring (the `icl` head): named templates, the label words (every label
+    of the task, always: a subset would inflate the score) and the text between demonstrations."""
+
+    templates: dict[str, Union[str, LmTemplate]] = Field(min_length=1)  # a string: the prompt, answer "{label}"
+    default: Optional[str] = None  # default: the first template
+    label_words: dict[str, str] = {}  # label value -> continuation word (default: label.names, else the value)
+    separator: str = "\n"
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        for name in self.templates:
+            check_lm_template(self.template(name), f"lm.templates.{name}")
+        if self.default is not None and self.default not in self.templates:
+            raise ValueError(f"lm.default {self.default!r} is not a template")
+        return self
+
+    def template(self, name: Optional[str] = None) -> LmTemplate:
+        name = name or self.default or next(iter(self.templates))
+        if name not in self.templates:
+            raise ConfigError(f"no lm template {name!r}{did_you_mean(name, self.templates)} "
+                              f"(templates: {', '.join(self.templates)})")
+        t = self.templates[name]
+        return LmTemplate(prompt=t) if isinstance(t, str) else t
+
+
+def check_lm_template(template: LmTemplate, where: str = "lm template", cloze: Optional[bool] = None) -> None:
+    """Prompt slots {text_a}/{text_b} (cloze: {before_blank}); the answer has {label} once and no
+    leading space (a space before a Chinese label word is a token the model rarely saw there)."""
+    allowed = {True: BLANK_SLOTS[:1], False: LM_SLOTS, None: (*LM_SLOTS, BLANK_SLOTS[0])}[cloze]
+    for slot in re.findall(r"\{[^}]*\}", template.prompt):
+        if slot not in allowed:
+            raise ValueError(f"{where}.prompt: unknown slot {slot} (slots: {', '.join(allowed)})")
+    if template.answer.count(LABEL_SLOT) != 1:
+        raise ValueError(f"{where}.answer: needs {LABEL_SLOT} exactly once, got {template.answer!r}")
+    if template.answer[:1].isspace():
+        raise ValueError(f"{where}.answer: starts with a space ({template.answer!r}); put separators in the prompt")
+    answer_slots = set(re.findall(r"\{[^}]*\}", template.answer)) - {LABEL_SLOT}
+    if answer_slots - {BLANK_SLOTS[1]}:
+        raise ValueError(f"{where}.answer: unknown slot {sorted(answer_slots)[0]} (slots: {LABEL_SLOT}, {BLANK_SLOTS[1]})")
+
+
 class TaskSpec(_Strict):
     name: str
     version: int = Field(ge=1)
@@ -249,6 +306,12 @@ class TaskSpec(_Strict):
     published_metric: Optional[str] = None
     submission: Optional[SubmissionSpec] = None
     prompt: Optional[PromptSpec] = None  # PET / P-tuning / NSP-BERT prompts
+    lm: Optional[LmSpec] = None  # decoder in-context scoring templates
+
+    def lm_words(self) -> dict[str, str]:
+        """Label value -> the continuation an LM scores for it: lm.label_words, else the label's name."""
+        words = dict(self.lm.label_words) if self.lm is not None else {}
+        return {v: words.get(v, self.label.names.get(v, v)) for v in self.label.values}
 
     @model_validator(mode="after")
     def _names_resolve(self):
@@ -260,6 +323,8 @@ class TaskSpec(_Strict):
             missing = [v for v in self.label.values if v not in self.prompt.label_words]
             if missing or set(self.prompt.label_words) - set(self.label.values):
                 raise ValueError(f"prompt.label_words must give a word for exactly the label values (missing {missing[:3]})")
+        if self.lm is not None:
+            self._check_lm()
         for registry, name in ((HEADS, self.head), (PARSERS, self.inputs.encoder), *((METRICS, m) for m in self.metrics)):
             if name not in registry:
                 registry.get(name)  # raises: unknown name, with did-you-mean
@@ -270,6 +335,20 @@ class TaskSpec(_Strict):
         if self.data.variants and self.data.default_variant not in self.data.variants:
             raise ValueError("data.default_variant must be one of data.variants")
         return self
+
+    def _check_lm(self) -> None:
+        cloze = self.inputs.encoder in CLOZE_ENCODERS
+        for name in self.lm.templates:
+            check_lm_template(self.lm.template(name), f"lm.templates.{name}", cloze=cloze)
+        unknown = set(self.lm.label_words) - set(self.label.values)
+        if unknown:
+            raise ValueError(f"lm.label_words: {sorted(unknown)[0]!r} is not a label value")
+        if self.label.kind == "structured" and self.inputs.encoder not in CHOICE_ENCODERS:
+            raise ValueError(f"lm: in-context scoring needs class labels or choices ({', '.join(CHOICE_ENCODERS)}), "
+                             f"not the {self.inputs.encoder} encoder")
+        words = list(self.lm_words().values())
+        if len(set(words)) != len(words):
+            raise ValueError("lm.label_words: two labels have the same word")
 
     def resolve_variant(self, variant: Optional[str]) -> Optional[str]:
         if not self.data.variants:
