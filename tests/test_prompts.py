@@ -143,7 +143,7 @@ def synthetic(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: threads only add contention
-    trained = _pretraining_model(root / "trained", steps=600)
+    trained = _pretraining_model(root / "trained", steps=900)
     untrained = _pretraining_model(root / "untrained", steps=0)
     rng = random.Random(123)
     keywords = _keywords()
