@@ -177,7 +177,7 @@ def cpu_trainer(cfg) -> dict:
         warmup_steps=int(train.warmup * train.max_steps), weight_decay=train.weight_decay, max_grad_norm=1.0,
         eval_strategy="no", save_strategy="no", logging_steps=10_000, report_to=[], seed=train.seed,
         disable_tqdm=True, use_cpu=True, dataloader_num_workers=0)
-    trainer = Trainer(model=TrainerModel(built.model), args=args, train_dataset=rows(train_enc),
+    trainer = Trainer(model=TrainerModel(built.head), args=args, train_dataset=rows(train_enc),
                       data_collator=DataCollatorWithPadding(built.tokenizer))
     cpu = time.process_time()
     trainer.train()

@@ -91,7 +91,7 @@ def test_lora_changes_only_adapters_and_head(tiny_model, data_dir, tmp_path):
 
     cfg = make_cfg(tiny_model, data_dir, tmp_path, methods=[{"name": "lora"}])
     built = build(cfg)
-    trainable = {n for n, p in built.model.named_parameters() if p.requires_grad}
+    trainable = {n for n, p in built.head.named_parameters() if p.requires_grad}
     assert all("lora_" in n or n.startswith("backbone.model.classifier.") for n in trainable), trainable
     assert any("lora_A" in n for n in trainable) and "backbone.model.classifier.weight" in trainable
 
@@ -108,7 +108,7 @@ def test_lora_without_a_peft_default_needs_target_modules(tmp_path, data_dir):
     with pytest.raises(ConfigError, match="peft has no default for model type 'roformer'"):
         build(make_cfg(d, data_dir, tmp_path, methods=[{"name": "lora"}]))
     built = build(make_cfg(d, data_dir, tmp_path, methods=[{"name": "lora", "target_modules": ["query", "value"]}]))
-    assert any("lora_A" in n for n, _ in built.model.named_parameters())
+    assert any("lora_A" in n for n, _ in built.head.named_parameters())
 
 
 def _copy_tokenizer(directory: Path) -> None:

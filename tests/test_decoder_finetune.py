@@ -91,7 +91,7 @@ def test_decoder_cls_with_lora_exports_merged_weights(arch, tiny_decoder, data_d
     result = api.read_run(run_dir)
     assert result.method == "finetune+lora(r=4)"  # the report row, beside encoder rows on the decoder's slug
     run = api.load_run(run_dir, "cpu")
-    adapted = {name.rsplit(".", 1)[-1] for name, module in run.model.named_modules() if hasattr(module, "lora_A")}
+    adapted = {name.rsplit(".", 1)[-1] for name, module in run.head.named_modules() if hasattr(module, "lora_A")}
     assert adapted == LORA_TARGETS[arch]
     assert result.model.trainable_parameters < result.model.parameters / 10  # adapters + classifier
     again = api.evaluate(run_dir, device="cpu")

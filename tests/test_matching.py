@@ -149,7 +149,7 @@ def test_threshold_is_searched_on_the_threshold_split_and_applied_unchanged(tiny
 
     def scores(split):
         enc = run.encode(load_split(run.task, split, str(tmp_path / "data")))
-        return enc.labels, run.model.predict(torch.from_numpy(run.logits(enc)[0]))
+        return enc.labels, run.head.predict(torch.from_numpy(run.logits(enc)[0]))
 
     (val_gold, val_scores), (dev_gold, dev_scores) = scores("val"), scores("dev")
     want = threshold_scores(dev_scores, dev_gold, best_threshold(val_scores, val_gold))

@@ -207,7 +207,7 @@ def test_pet_head_scores_each_example_by_its_own_candidates_like_the_masked_lm(c
     rows[2]["candidates"][(rows[2]["answer"] + 1) % 7] = RARE + "公好龙"  # a character outside the vocabulary
     items = _items(rows)
     enc = built.featurize(items, built.tokenizer, 64)
-    model = built.model.eval()
+    model = built.head.eval()
     with torch.no_grad():
         scores = model(**collate(enc, list(range(len(items))), built.tokenizer.pad_token_id, targets=False))
     assert scores.shape == (5, 7)

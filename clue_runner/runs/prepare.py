@@ -95,11 +95,11 @@ def encode_task_data(cfg: ExperimentConfig, built: Built, data: TaskData) -> Pre
     train_enc = built.encode(train_data) if train_data is not None else None
     eval_enc = built.encode(data.eval)
     if train_data is not None:
-        if built.model.needs_labels and train_enc.unlabelled():
+        if built.head.needs_labels and train_enc.unlabelled():
             raise DataError(f"{train_data.source}: the training split has unlabelled rows")
-        unlabeled = getattr(built.model, "unlabeled_split", None)
+        unlabeled = getattr(built.head, "unlabeled_split", None)
         if unlabeled:  # semi-supervised heads (PET) train on an unlabelled split beside the labelled one
-            pool = load_task_split(cfg, built.task, unlabeled, getattr(built.model.params, "unlabeled_examples", None),
+            pool = load_task_split(cfg, built.task, unlabeled, getattr(built.head.params, "unlabeled_examples", None),
                                    training=True, unlabelled=True)
             train_data = dataclasses.replace(train_data, examples=train_data.examples + pool.examples,
                                              source=f"{train_data.source} + {pool.source} ({len(pool.examples)} unlabelled)")

@@ -24,7 +24,7 @@ def load_run(run_dir: Path, device: str = "auto"):
                           if not (run_dir / RESULT_FILE).is_file() else ""))
     check_best_is_the_results(run_dir)
     built = build(saved_config(run_dir), checkpoint=best, device=device)
-    built.model.eval()
+    built.head.eval()
     return built
 
 
@@ -59,7 +59,7 @@ def load_checkpoint(path: Path, task_name: str, device: str = "auto") -> Built:
     if built.load_report.get("new_head"):
         raise ClueRunError(f"{path}: no trained {task.head} head for task {task.name} in this checkpoint "
                            f"(new weights: {', '.join(built.load_report['new_head'][:3])}); train it with clue-run train")
-    built.model.eval()
+    built.head.eval()
     return built
 
 
@@ -145,8 +145,8 @@ def encode_texts(texts: list[str], run_dir: Optional[Path] = None, model_name: O
         raise ClueRunError("no texts to encode")
     if run_dir is not None:
         run = load_run(run_dir, device)
-        if not isinstance(run.model, EmbeddingHead):
-            raise ClueRunError(f"{run_dir}: its head is {type(run.model).__name__}; encoding needs an embedding head")
+        if not isinstance(run.head, EmbeddingHead):
+            raise ClueRunError(f"{run_dir}: its head is {type(run.head).__name__}; encoding needs an embedding head")
     else:
         # The model as it is: a vocabulary trimmed to some task's texts would split the user's texts otherwise.
         cfg = build_config({"task": "stsb", "model": {"name": model_name, "trim_vocab": False},
@@ -154,6 +154,6 @@ def encode_texts(texts: list[str], run_dir: Optional[Path] = None, model_name: O
         run = build(cfg, device=device)
     run.check_vocabulary(texts, "the input")
     enc = encode_examples([Example(i, t, None, None) for i, t in enumerate(texts)], run.tokenizer, max_length)
-    graphed = GraphedForward(run.model, run.amp) if run.device.type == "cuda" else None
-    vectors, _ = predict_logits(run.model, enc, batch_size, run.tokenizer.pad_token_id, run.device, run.amp, graphed)
+    graphed = GraphedForward(run.head, run.amp) if run.device.type == "cuda" else None
+    vectors, _ = predict_logits(run.head, enc, batch_size, run.tokenizer.pad_token_id, run.device, run.amp, graphed)
     return vectors.astype(np.float32)
