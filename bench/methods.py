@@ -130,8 +130,8 @@ def trainer_row(cfg, built) -> dict:
     from clue_runner.engine.evaluate import score
 
     task = built.task
-    train_enc = built.encode(load_task_split(cfg, task, cfg.data.train_split, training=True))
-    eval_enc = built.encode(load_task_split(cfg, task, cfg.data.eval_split, cfg.data.max_eval_examples))
+    train_enc = built.featurize_split(load_task_split(cfg, task, cfg.data.train_split, training=True))
+    eval_enc = built.featurize_split(load_task_split(cfg, task, cfg.data.eval_split, cfg.data.max_eval_examples))
     rows = trainer_rows(train_enc)
     steps = cfg.train.max_steps
     set_seed(cfg.train.seed)

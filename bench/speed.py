@@ -168,8 +168,8 @@ def cpu_trainer(cfg) -> dict:
     reset_peak_rss()
     built = build(cfg, log=lambda _: None)
     task, train = built.task, cfg.train
-    train_enc = built.encode(load_task_split(cfg, task, cfg.data.train_split, training=True))
-    eval_enc = built.encode(load_task_split(cfg, task, cfg.data.eval_split))
+    train_enc = built.featurize_split(load_task_split(cfg, task, cfg.data.train_split, training=True))
+    eval_enc = built.featurize_split(load_task_split(cfg, task, cfg.data.eval_split))
     set_seed(train.seed)
     args = TrainingArguments(
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=train.batch_size,

@@ -79,7 +79,7 @@ def test_lora_run_reloads_with_its_exact_score_and_exports_merged(tiny_model, da
     assert not any("lora" in k for k in saved)  # the export is plain transformers weights
     # The merged export predicts what the unmerged model predicts.
     run = api.load_run(run_dir)
-    enc = run.encode(api.load_task_split(run.cfg, run.task, "dev", data_dir=str(data_dir)))
+    enc = run.featurize_split(api.load_task_split(run.cfg, run.task, "dev", data_dir=str(data_dir)))
     ours = run.logits(enc)[0]
     merged = AutoModelForSequenceClassification.from_pretrained(best).eval()
     theirs = _hf_logits(merged, enc, run.tokenizer.pad_token_id)
@@ -136,7 +136,7 @@ def test_best_loads_into_automodel_and_sequence_classification(tiny_model, data_
     run_dir = api.train(make_cfg(tiny_model, data_dir, tmp_path), log=quiet)
     best = run_dir / "best"
     run = api.load_run(run_dir)
-    enc = run.encode(api.load_task_split(run.cfg, run.task, "dev", data_dir=str(data_dir)))
+    enc = run.featurize_split(api.load_task_split(run.cfg, run.task, "dev", data_dir=str(data_dir)))
     ours = run.logits(enc)[0]
 
     classifier, info = AutoModelForSequenceClassification.from_pretrained(best, output_loading_info=True)

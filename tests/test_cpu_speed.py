@@ -120,7 +120,7 @@ def test_cpu_evaluation_pads_less_and_predicts_as_one_example_at_a_time(tiny_mod
     cfg = make_cfg(tiny_model, data_dir, tmp_path, data={"max_length": 128, "max_eval_examples": None})
     built = build(cfg, device="cpu")
     built.head.eval()
-    enc = built.encode(load_task_split(cfg, built.task, "dev"))
+    enc = built.featurize_split(load_task_split(cfg, built.task, "dev"))
     assert len(enc) == 160 and enc.lengths.max() > 2 * np.median(enc.lengths)  # lengths vary: padding matters
     cpu = torch.device("cpu")
 

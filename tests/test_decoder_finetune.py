@@ -51,7 +51,7 @@ def _plain_logits(best, texts, pairs=None, batch_size=8, side="right"):
 def _check_best_in_plain_transformers(run_dir):
     run = api.load_run(run_dir, "cpu")
     data = load_task_split(run.cfg, run.task, "dev")
-    ours, _ = run.logits(run.encode(data))
+    ours, _ = run.logits(run.featurize_split(data))
     texts = [ex.text_a for ex in data.examples]
     plain, tokenizer, model = _plain_logits(run_dir / "best", texts)
     assert tokenizer.pad_token is not None and tokenizer.padding_side == "right"

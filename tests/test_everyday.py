@@ -310,7 +310,7 @@ def test_fp16_gradient_scaler_scales_unscales_and_skips_overflow(tiny_model, dat
     assert trainer_mod.autocast_dtype("fp16", torch.device("cuda")) is torch.float16
     monkeypatch.setattr(trainer_mod, "autocast_dtype", lambda precision, device: torch.float16)
     built = build(cfg, device="cpu")
-    train_enc = built.encode(built_split(built, cfg, "train"))
+    train_enc = built.featurize_split(built_split(built, cfg, "train"))
     t = trainer_mod.Trainer(built.head, built.head.loss, [], train_enc, scorer({"accuracy": 0.0}),
                             cfg.train, built.tokenizer.pad_token_id, torch.device("cpu"))
     assert t.scaler.is_enabled() and not t.fast_path

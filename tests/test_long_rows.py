@@ -144,8 +144,8 @@ def test_cutting_changes_no_encoding_of_real_rows(task_name, variant, max_length
     whole = load_split(task, "dev", data_dir=str(root), variant=variant)
     cut = load_split(task, "dev", data_dir=str(root), variant=variant, limits=head_cls.text_limits(params, max_length))
     a, b = cut_rows_and_some_others(whole, cut)
-    assert_same_encoding(built.encode(dataclasses.replace(whole, examples=a)),
-                         built.encode(dataclasses.replace(cut, examples=b)))
+    assert_same_encoding(built.featurize_split(dataclasses.replace(whole, examples=a)),
+                         built.featurize_split(dataclasses.replace(cut, examples=b)))
 
 
 def test_cutting_changes_no_prompt_and_no_sentencepiece_encoding(e5_dir, data_dir):

@@ -148,7 +148,7 @@ def test_threshold_is_searched_on_the_threshold_split_and_applied_unchanged(tiny
     run = api.load_run(sorted((tmp_path / "out").glob("*/*/*"))[0])
 
     def scores(split):
-        enc = run.encode(load_split(run.task, split, str(tmp_path / "data")))
+        enc = run.featurize_split(load_split(run.task, split, str(tmp_path / "data")))
         return enc.labels, run.head.predict(torch.from_numpy(run.logits(enc)[0]))
 
     (val_gold, val_scores), (dev_gold, dev_scores) = scores("val"), scores("dev")

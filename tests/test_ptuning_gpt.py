@@ -25,7 +25,7 @@ def _cfg(model_dir, data_dir, out, task="fewclue_eprstmt", head=None, steps=6, m
 
 
 def _batch(built, n=6, split="train"):
-    enc = built.encode(load_task_split(built.cfg, built.task, split, limit=n))
+    enc = built.featurize_split(load_task_split(built.cfg, built.task, split, limit=n))
     return enc, collate(enc, range(n), built.tokenizer.pad_token_id)
 
 
@@ -124,7 +124,7 @@ def test_run_reloads_with_identical_predictions(tiny_decoder, data_dir, tmp_path
     again = api.evaluate(run_dir, device="cpu")  # what `clue-run eval` runs
     assert again["metrics"] == pytest.approx(result.best.metrics, abs=1e-9)
     first, second = api.load_run(run_dir, "cpu"), api.load_run(run_dir, "cpu")
-    enc = first.encode(load_task_split(first.cfg, first.task, "dev"))
+    enc = first.featurize_split(load_task_split(first.cfg, first.task, "dev"))
     a, b = first.logits(enc)[0], second.logits(enc)[0]
     assert np.array_equal(a, b) and np.array_equal(first.predict(torch.from_numpy(a)), second.predict(torch.from_numpy(b)))
 

@@ -66,7 +66,8 @@ class Built:
     warn: Callable[[str], None] = field(default=None, repr=False)
     vocabulary_mismatches: int = 0  # texts counted by check_vocabulary
 
-    def encode(self, data: SplitData) -> Encoded:
+    def featurize_split(self, data: SplitData) -> Encoded:
+        """A split's examples as model inputs, through the head's `featurize`."""
         if self.full_tokenizer is not None:
             self.check_vocabulary(example_texts(data.examples), data.source)
         return self.featurize(data.examples, self.tokenizer, self.cfg.data.max_length)
@@ -111,7 +112,7 @@ class Built:
 
     def threshold_split(self, scored_split: str, data_dir: Optional[str] = None) -> Optional[Encoded]:
         data = threshold_split_data(self.cfg, self.task, scored_split, data_dir)
-        return self.encode(data) if data is not None else None
+        return self.featurize_split(data) if data is not None else None
 
     def logits(self, enc: Encoded) -> tuple[np.ndarray, float]:
         if (self.graphed is None and self.device.type == "cuda" and self.cfg.train.cuda_graphs

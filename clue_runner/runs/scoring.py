@@ -92,7 +92,7 @@ def evaluate_task(run: Built, split: str, data_dir: Optional[str]) -> tuple[dict
     from ..engine.evaluate import score
 
     data = load_task_split(run.cfg, run.task, split, data_dir=data_dir)
-    enc = run.encode(data)
+    enc = run.featurize_split(data)
     if enc.unlabelled():
         raise ClueRunError(f"{data.source}: split {split!r} has unlabelled rows; use `clue-run predict` for it")
     logits, seconds = run.logits(enc)
@@ -122,7 +122,7 @@ def predict_task(run: Built, split: str, data_dir, clue_version: str, out: Optio
 
     name = predict_file_name(run.task, clue_version)  # refuses tasks without a submission format
     data = load_task_split(run.cfg, run.task, split, on_bad_row="error", data_dir=data_dir)  # a submission never skips rows
-    enc = run.encode(data)
+    enc = run.featurize_split(data)
     preds = run.predict(torch.from_numpy(run.logits(enc)[0]), enc)
     path = out or run_dir / PREDICTIONS_DIR / name
     atomic_write_text(path, format_predictions(run.task, data.examples, preds))
