@@ -261,7 +261,7 @@ def test_rdrop_on_an_embedding_head_is_refused_at_config_load():
 def test_fgm_perturbs_the_second_segment_of_a_bi_encoder(tiny_model, data_dir):
     from clue_runner.data.splits import load_split
     from clue_runner.engine.build import model_for
-    from clue_runner.features import collate, encode_examples
+    from clue_runner.features import collate, tokenize_examples
     from clue_runner.methods import StepContext, build_methods
     from clue_runner.models import load_tokenizer
     from clue_runner.tasks import get_task
@@ -269,7 +269,7 @@ def test_fgm_perturbs_the_second_segment_of_a_bi_encoder(tiny_model, data_dir):
     task = get_task("stsb")
     tok = load_tokenizer(str(tiny_model))
     examples = load_split(task, "train", str(data_dir), limit=8).examples
-    enc = encode_examples(examples, tok, 32, separate_pairs=True)
+    enc = tokenize_examples(examples, tok, 32, separate_pairs=True)
     batch = collate(enc, list(range(8)), tok.pad_token_id)
     only_b = set(batch["b_input_ids"].unique().tolist()) - set(batch["input_ids"].unique().tolist())
     assert only_b, "the fixture needs tokens that occur only in the second sentences"

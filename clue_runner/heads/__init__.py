@@ -16,7 +16,7 @@ from torch import nn
 
 from ..data.limits import TextLimits
 from ..errors import ConfigError
-from ..features import Encoded, encode_examples
+from ..features import Encoded, tokenize_examples
 from ..plugins import HEADS
 from ..registry import validate_options
 
@@ -84,7 +84,7 @@ class Head(nn.Module):
 
     def featurize(self, examples, tokenizer, max_length: int, use_cache: bool = True) -> Encoded:
         """Examples → tokenized items (one per example here; windows or choices in other heads)."""
-        return encode_examples(examples, tokenizer, max_length, self.separate_pairs, use_cache)
+        return tokenize_examples(examples, tokenizer, max_length, self.separate_pairs, use_cache)
 
     @classmethod
     def label(cls, task, params) -> Optional[str]:

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ConfigError
 from ..features import Encoded
-from ..features.incontext import Renderer, encode_requests, template_hash
+from ..features.incontext import Renderer, pack_requests, template_hash
 from ..models.backbone import decoder_tokenizer
 from ..tasks.spec import CHOICE_ENCODERS, LmTemplate, check_lm_template
 from . import MASKED, Head
@@ -124,7 +124,7 @@ class IclHead(Head):
         requests = [renderer.request(tokenizer, ex, i, pool, max_length) for i, ex in enumerate(examples)]
         self.shown = {ex.id: r.demonstrations for ex, r in zip(examples, requests)}
         labels = np.array([-100 if ex.label is None else ex.label for ex in examples], dtype=np.int64)
-        return encode_requests(requests, labels)
+        return pack_requests(requests, labels)
 
     def forward(self, input_ids, attention_mask, continuation_ids, continuation_chars, cf_input_ids=None,
                 cf_attention_mask=None, **_) -> torch.Tensor:

@@ -138,7 +138,7 @@ def encode_texts(texts: list[str], run_dir: Optional[Path] = None, model_name: O
     from ..data.splits import Example
     from ..engine.cuda_graphs import GraphedForward
     from ..engine.evaluate import predict_logits
-    from ..features import encode_examples
+    from ..features import tokenize_examples
     from ..heads.embedding import EmbeddingHead
 
     if not texts:
@@ -153,7 +153,7 @@ def encode_texts(texts: list[str], run_dir: Optional[Path] = None, model_name: O
                             "head": {"name": "embedding", "pooling": pooling}, "train": {"max_steps": 0}})
         run = build(cfg, device=device)
     run.check_vocabulary(texts, "the input")
-    enc = encode_examples([Example(i, t, None, None) for i, t in enumerate(texts)], run.tokenizer, max_length)
+    enc = tokenize_examples([Example(i, t, None, None) for i, t in enumerate(texts)], run.tokenizer, max_length)
     graphed = GraphedForward(run.head, run.amp) if run.device.type == "cuda" else None
     vectors, _ = predict_logits(run.head, enc, batch_size, run.tokenizer.pad_token_id, run.device, run.amp, graphed)
     return vectors.astype(np.float32)
