@@ -278,7 +278,7 @@ def test_a_bad_cloze_prompt_is_refused_when_the_task_loads(change, message):
     other = get_task("fewclue_eprstmt").model_dump(mode="json")  # candidates on a task without them
     other["prompt"] = {"templates": {"t": "{before_blank}[MASK]{after_blank}"}, "label_words": "candidates",
                        "word_length": 1}
-    with pytest.raises(ValueError, match="needs a cloze input encoder"):
+    with pytest.raises(ValueError, match="needs a cloze row parser"):
         TaskSpec.model_validate(other)
 
 

@@ -28,7 +28,7 @@ class MultipleChoiceHead(Head):
 
     Params = ChoiceParams
     output = "class_logits"  # one logit per choice, softmax over a question's choices
-    label_kinds = ("structured",)  # the input encoder gives the gold
+    label_kinds = ("structured",)  # the row parser gives the gold
     graphable = False  # an item is several sequences
 
     def __init__(self, backbone, task, params: ChoiceParams, dropout=0.1):

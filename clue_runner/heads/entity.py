@@ -30,7 +30,7 @@ class GlobalPointerHead(Head):
 
     Params = PointerParams
     output = "span_scores"
-    label_kinds = ("structured",)  # the input encoder gives the gold
+    label_kinds = ("structured",)  # the row parser gives the gold
     graphable = False
 
     @classmethod

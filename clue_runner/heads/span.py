@@ -33,7 +33,7 @@ class SpanHead(Head):
 
     Params = SpanParams
     output = "span_logits"
-    label_kinds = ("structured",)  # the input encoder gives the gold
+    label_kinds = ("structured",)  # the row parser gives the gold
     graphable = False
 
     @classmethod

@@ -1,6 +1,6 @@
 """`clue-run train`, top to bottom (after nanoGPT's train.py):
 
-    prepare    runs.prepare.prepare         splits loaded and checked, the model built, splits encoded
+    prepare    runs.prepare.prepare         splits loaded and checked, the model built, splits featurized
     run dir    runs.rundir.RunDir           a new run directory, or the interrupted one recovered
     trainer    engine.trainer.Trainer       handed the evaluator and the best/ checkpoint policy
     events     fit                          logged as the trainer yields them

@@ -1,5 +1,5 @@
 """A run made ready to train, before its run directory exists: every split loaded and checked, the model
-built once (one head, or one per task on a shared encoder), every split encoded, the evaluator set up.
+built once (one head, or one per task on a shared encoder), every split featurized, the evaluator set up.
 Everything that can fail on bad input fails here."""
 
 from __future__ import annotations
