@@ -70,7 +70,8 @@ class Head(nn.Module):
         """The backbone kind to load for this task and architecture."""
         return cls.backbone_kind
 
-    def encode(self, batch: dict, prefix: str = "", hidden_states: bool = False):
+    def backbone_outputs(self, batch: dict, prefix: str = "", hidden_states: bool = False):
+        """The backbone run on one batch segment (`prefix`: "" or "b_"), before the head's own layers."""
         return self.backbone(batch, prefix, hidden_states)
 
     def use_template(self, template: str) -> None:
