@@ -150,3 +150,33 @@ def tiny_decoder(tmp_path_factory):
         return made[arch]
 
     return get
+
+
+def complete_result(task: str, model: str, method: str, seed: int, history: list[dict], best_step: int,
+                    **fields) -> dict:
+    """A complete run.json (valid for RunResult) for report tests, built by hand: `history` gives each evaluation's
+    step, epoch and metrics (train_loss, lr and train_seconds are filled in where missing), the best is the entry
+    at `best_step`, the main metric the first one; `fields` replace any top-level key."""
+    from clue_runner.runs.result import SCHEMA_VERSION
+
+    history = [{"train_loss": None, "lr": 1e-5, "train_seconds": h["step"] / 10, **h} for h in history]
+    [best] = [h for h in history if h["step"] == best_step]
+    metrics = list(best["metrics"])
+    result = {
+        "schema_version": SCHEMA_VERSION, "run_id": f"{method}-seed{seed}", "status": "completed",
+        "created_at": "2026-12-01T00:00:00+00:00",
+        "task": {"name": task, "version": 1, "benchmark": task.split("_")[0] if "_" in task else "clue",
+                 "variant": None, "eval_split": "dev", "main_metric": metrics[0], "metrics": metrics},
+        "model": {"name": f"hub/{model}", "slug": model, "resolved": f"/models/{model}", "parameters": 1000},
+        "method": method, "seed": seed, "config": {},
+        "data": {"train": None, "eval": {"source": "dev.json", "examples": 100, "dropped": {}, "skipped": 0,
+                                         "skipped_first": []}},
+        "history": history, "best": {k: best[k] for k in ("step", "epoch", "metrics")}, "final": history[-1],
+        "stopped_early": False, "steps": history[-1]["step"],
+        "throughput": {"train_samples_per_s": 100.0, "train_tokens_per_s": 5000.0, "train_seconds": 4.0,
+                       "padding_share": 0.1, "eval_samples_per_s": 400.0},
+        "environment": {"clue_run": "0.1.0", "python": "3.11", "packages": {}, "device": "cpu", "platform": "linux",
+                        "git_sha": None},
+        "wall_time_s": 5.0,
+    }
+    return {**result, **fields}

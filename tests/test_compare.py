@@ -17,7 +17,8 @@ from clue_runner.cli import app
 from clue_runner.errors import ClueRunError
 from clue_runner.report import stats as st
 from clue_runner.report.compare import compare
-from clue_runner.runs.result import SCHEMA_VERSION
+
+from conftest import complete_result
 
 # (method, split, seed, accuracy): finetune vs fgm on 3 splits × 2 seeds; rdrop lacks split 2 seed 2.
 SCORES = {
@@ -31,15 +32,10 @@ KEYS = [(split, seed) for split in ("0", "1", "2") for seed in (1, 2)]
 def write_run(root: Path, method: str, split: str, seed: int, accuracy: float, task="fewclue_eprstmt") -> Path:
     run_dir = root / task / "m" / f"{method}-{split}-{seed}"
     run_dir.mkdir(parents=True)
-    result = {
-        "schema_version": SCHEMA_VERSION, "run_id": run_dir.name, "status": "completed", "created_at": "2026-12-01T00:00:00+00:00",
-        "task": {"name": task, "version": 1, "eval_split": "dev", "main_metric": "accuracy", "metrics": ["accuracy"]},
-        "model": {"name": "hub/m", "slug": "m"}, "method": method, "seed": seed,
-        "config": {"data": {"variant": split}},
-        "history": [{"step": 5, "epoch": 1.0, "train_loss": 0.7, "metrics": {"accuracy": accuracy - 0.05}},
-                    {"step": 10, "epoch": 2.0, "train_loss": 0.6, "metrics": {"accuracy": accuracy}}],
-        "best": {"step": 10, "epoch": 2.0, "metrics": {"accuracy": accuracy}},
-    }
+    history = [{"step": 5, "epoch": 1.0, "train_loss": 0.7, "metrics": {"accuracy": accuracy - 0.05}},
+               {"step": 10, "epoch": 2.0, "train_loss": 0.6, "metrics": {"accuracy": accuracy}}]
+    result = complete_result(task, "m", method, seed, history, best_step=10, run_id=run_dir.name,
+                             config={"data": {"variant": split}})
     (run_dir / "run.json").write_text(json.dumps(result), encoding="utf-8")
     return run_dir
 
@@ -215,9 +211,9 @@ def test_predictions_are_saved_with_the_best_and_used(tiny_model, data_dir, tmp_
         for seed in (1, 2):
             run_dir = api.train(tiny_config(tiny_model, data_dir, out, methods, seed), log=lambda _: None)
             result, saved = api.read_run(run_dir), load_predictions(run_dir)
-            assert saved.step == result["best"]["step"] and len(saved.gold) == 24
+            assert saved.step == result.best.step and len(saved.gold) == 24
             # the saved predictions are the best checkpoint's: they give its run.json score
-            assert compute_metrics(["accuracy"], saved.gold, saved.pred, 2)["accuracy"] == result["best"]["metrics"]["accuracy"]
+            assert compute_metrics(["accuracy"], saved.gold, saved.pred, 2)["accuracy"] == result.best.metrics["accuracy"]
     groups = rep.aggregate(rep.load_runs([out]))
     [c] = compare(groups, "finetune")
     assert c.bootstrap is not None and c.bootstrap.pairs == 2 and c.bootstrap.examples == 48

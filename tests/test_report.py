@@ -15,6 +15,8 @@ from clue_runner.cli import app
 from clue_runner.errors import ClueRunError
 from clue_runner.tasks import builtin_task_names
 
+from conftest import complete_result
+
 SNAPSHOT = Path(__file__).parent / "snapshots" / "report.md"
 UPDATE_ENV = "CLUE_RUN_UPDATE_SNAPSHOTS"  # set to 1 to rewrite the snapshot from the current output
 
@@ -38,23 +40,10 @@ def write_run(root: Path, task, model, method, seed, score, created_at, schema_v
     history = [{"step": step, "epoch": step / 20, "train_loss": 1.0 - step * frac / 40, "lr": 1e-5,
                 "metrics": {k: v * frac for k, v in metrics.items()}, "train_seconds": step / 10}
                for step, frac in ((10, 0.8), (20, 0.95), (30, 1.0), (40, 0.97))]
-    result = {
-        "schema_version": schema_version, "run_id": run_id, "status": "completed", "created_at": created_at,
-        "task": {"name": task, "version": 1, "benchmark": "clue", "variant": None, "eval_split": "dev",
-                 "main_metric": "accuracy", "metrics": list(metrics)},
-        "model": {"name": f"hub/{model}", "slug": model, "resolved": f"/models/{model}", "parameters": 1000},
-        "method": method, "seed": seed, "config": {},
-        "data": {"train": None, "eval": {"source": "dev.json", "examples": 100, "dropped": {}, "skipped": 0,
-                                         "skipped_first": []}},
-        "history": history, "best": {"step": 30, "epoch": 1.5, "metrics": metrics}, "final": history[-1],
-        "stopped_early": False, "steps": 40,
-        "throughput": {"train_samples_per_s": 100.0 + seed, "train_tokens_per_s": 5000.0, "train_seconds": 4.0 * seed,
-                       "train_cpu_seconds": 3.0 * seed,
-                       "padding_share": 0.1 * seed, "eval_samples_per_s": 400.0},
-        "environment": {"clue_run": "0.1.0", "python": "3.11", "packages": {}, "device": "cpu", "platform": "linux",
-                        "git_sha": None},
-        "wall_time_s": 5.0,
-    }
+    throughput = {"train_samples_per_s": 100.0 + seed, "train_tokens_per_s": 5000.0, "train_seconds": 4.0 * seed,
+                  "train_cpu_seconds": 3.0 * seed, "padding_share": 0.1 * seed, "eval_samples_per_s": 400.0}
+    result = complete_result(task, model, method, seed, history, best_step=30, schema_version=schema_version,
+                             run_id=run_id, created_at=created_at, throughput=throughput)
     run_dir = root / task / model / run_id
     run_dir.mkdir(parents=True)
     (run_dir / "run.json").write_text(json.dumps(result), encoding="utf-8")

@@ -103,3 +103,13 @@ def test_the_model_names_every_key_a_run_writes():
     fields = list(RunResult.model_fields)
     raw = json.loads(example_files(2, multitask=True)[0].read_text(encoding="utf-8"))
     assert [k for k in fields if k in raw] == list(raw)
+
+
+def test_texts_cut_before_tokenizing_are_recorded_only_when_some_were(tmp_path):
+    raw = read_result(example_files(2)[0]).model_dump(mode="json")
+    assert "cut" not in raw["data"]["eval"]  # none cut: absent, not null, as files have always been
+    cut = {"cut": 2, "cut_first": ["dev.json:3: field 'sentence' cut from 600 to 512 characters"]}
+    raw["data"]["eval"].update(cut)  # what data.splits.SplitData.summary adds when it cut some
+    write_result(tmp_path, raw)
+    again = json.loads((tmp_path / RESULT_FILE).read_text(encoding="utf-8"))["data"]["eval"]
+    assert {k: again[k] for k in cut} == cut and read_result(tmp_path).data.eval.cut == 2

@@ -49,6 +49,7 @@ class Run:
     main_metric: str
     eval_split: str
     best: dict[str, float]
+    best_step: int  # the best checkpoint's step (a multi-task run's, chosen by its weighted score)
     history: list[HistoryEntry]
     throughput: Throughput
     model_slug: str  # the bare slug: results are grouped under it on disk
@@ -83,8 +84,8 @@ def runs_from_result(path: Path, result: RunResult) -> list[Run]:
 def _run(path: Path, result: RunResult, task: TaskInfo, best: dict[str, float], history: list[HistoryEntry]) -> Run:
     return Run(path=path, run_id=result.run_id, task=task.name, model=_model_label(result.model),
                model_name=result.model.name, method=result.method, seed=result.seed, created_at=result.created_at,
-               main_metric=task.main_metric, eval_split=task.eval_split, best=best, history=history,
-               throughput=result.throughput, model_slug=result.model.slug,
+               main_metric=task.main_metric, eval_split=task.eval_split, best=best, best_step=result.best.step,
+               history=history, throughput=result.throughput, model_slug=result.model.slug,
                # the resolved split (a task's default spelled out), else the config's
                variant=task.variant or ((result.config or {}).get("data") or {}).get("variant"))
 

@@ -7,7 +7,6 @@ a task, else the comparison is refused (one line naming both sets). Statistics: 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Optional
 
@@ -77,7 +76,7 @@ def _bootstrap(task: str, metric: str, pairs: list[tuple[Run, Run]]) -> tuple[Op
     data = []
     for run, ref in pairs:
         loaded = [load_predictions(r.path.parent) for r in (run, ref)]
-        missing = [r for r, p in zip((run, ref), loaded) if p is None or p.step != _best_step(r)]
+        missing = [r for r, p in zip((run, ref), loaded) if p is None or p.step != r.best_step]
         if missing:
             return None, ("runs without per-example predictions matching best/ (predictions.npz: runs trained before "
                           "it was saved, or structured tasks), so the example-level test cannot be done")
@@ -91,13 +90,6 @@ def _bootstrap(task: str, metric: str, pairs: list[tuple[Run, Run]]) -> tuple[Op
         return compute_metrics([metric], gold, pred, num_labels)[metric]
 
     return paired_bootstrap([(g, a, b) for g, a, b, _ in data], score), ""
-
-
-def _best_step(run: Run) -> Optional[int]:
-    try:
-        return json.loads(run.path.read_text(encoding="utf-8"))["best"]["step"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def _compare_pair(system: Group, ref: Group, with_aso: bool, no_examples: str) -> Comparison:

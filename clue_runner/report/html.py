@@ -14,6 +14,7 @@ from html import escape
 from pathlib import Path
 from typing import Optional
 
+from ..runs.result import read_result
 from . import Cell, Report, Row, Run, format_score, notes
 
 STYLE = """
@@ -133,7 +134,7 @@ def _comparison_table(comparisons) -> str:
 
 def _curve_svg(runs: list[Run], metric: str, width: int = 360, height: int = 120) -> str:
     """The eval metric against the step, one polyline per run (inline SVG)."""
-    series = [[(h["step"], h["metrics"][metric] * 100) for h in r.history if metric in h.get("metrics", {})] for r in runs]
+    series = [[(h.step, h.metrics[metric] * 100) for h in r.history if metric in h.metrics] for r in runs]
     series = [s for s in series if s]
     if not series:
         return '<p class="note">no training history</p>'
@@ -170,10 +171,7 @@ def _details(report: Report, runs: list[Run]) -> str:
 
 
 def _config_of(run: Run) -> dict:
-    try:
-        return json.loads(run.path.read_text(encoding="utf-8")).get("config") or {}
-    except (OSError, ValueError):
-        return {}
+    return read_result(run.path).config  # the file was read (and validated) when the run was loaded
 
 
 def _figure(report: Report, runs: list[Run], comparisons) -> str:
