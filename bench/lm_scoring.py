@@ -30,7 +30,7 @@ import torch
 
 from clue_runner.data.splits import load_split
 from clue_runner.engine.evaluate import predict_logits
-from clue_runner.features.incontext import Renderer, encode_requests
+from clue_runner.features.incontext import Renderer, pack_requests
 from clue_runner.heads.incontext import IclHead, IclParams
 from clue_runner.models.backbone import Backbone
 from clue_runner.tasks import get_task
@@ -67,7 +67,7 @@ def model_of_shape(vocab: int, layers: int):
 def ours(model, tokenizer, requests, batch_size: int) -> tuple[np.ndarray, float]:
     """[n, C] log-likelihoods as the icl head computes them in a run (its length-bucketed eval batches)."""
     head = IclHead(Backbone(model, "causal_lm"), get_task(TASKS[0]), IclParams()).eval()
-    enc = encode_requests(requests, np.zeros(len(requests), dtype=np.int64))
+    enc = pack_requests(requests, np.zeros(len(requests), dtype=np.int64))
     start = time.process_time()
     scores, _ = predict_logits(head, enc, batch_size, tokenizer.pad_token_id, torch.device("cpu"), None)
     return scores, time.process_time() - start

@@ -130,12 +130,12 @@ def trainer_row(cfg, built) -> dict:
     from clue_runner.engine.evaluate import score
 
     task = built.task
-    train_enc = built.encode(load_task_split(cfg, task, cfg.data.train_split, training=True))
-    eval_enc = built.encode(load_task_split(cfg, task, cfg.data.eval_split, cfg.data.max_eval_examples))
+    train_enc = built.featurize_split(load_task_split(cfg, task, cfg.data.train_split, training=True))
+    eval_enc = built.featurize_split(load_task_split(cfg, task, cfg.data.eval_split, cfg.data.max_eval_examples))
     rows = trainer_rows(train_enc)
     steps = cfg.train.max_steps
     set_seed(cfg.train.seed)
-    model = TrainerModel(built.model)
+    model = TrainerModel(built.head)
     args = TrainingArguments(
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=HP["batch_size"], learning_rate=HP["lr"],
         max_steps=steps, warmup_steps=int(HP["warmup"] * steps), weight_decay=HP["weight_decay"], max_grad_norm=1.0,
@@ -145,7 +145,7 @@ def trainer_row(cfg, built) -> dict:
     cpu = time.process_time()
     trainer.train()
     cpu = time.process_time() - cpu
-    built.model.eval()
+    built.head.eval()
     logits, _ = built.logits(eval_enc)
     metrics = score(task, built.predict, logits, eval_enc, None)
     counts = built.parameter_counts()

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clue_runner import api  # noqa: E402
 from clue_runner.config import build_config  # noqa: E402
 from clue_runner.data.splits import load_split  # noqa: E402
-from clue_runner.features import encode_examples  # noqa: E402
+from clue_runner.features import tokenize_examples  # noqa: E402
 from clue_runner.engine.build import model_for  # noqa: E402
 from clue_runner.models import load_tokenizer  # noqa: E402
 from clue_runner.tasks import get_task  # noqa: E402
@@ -109,8 +109,8 @@ def case_small(args, lines):
     hp = {"batch_size": 32, "eval_batch_size": 256, "lr": 2e-5, "epochs": 3, "max_length": 128}
     tok = load_tokenizer(args.model)
     task = get_task("afqmc")
-    train_enc = encode_examples(load_split(task, "train", args.data_dir).examples, tok, hp["max_length"])
-    eval_enc = encode_examples(load_split(task, "dev", args.data_dir).examples, tok, hp["max_length"])
+    train_enc = tokenize_examples(load_split(task, "train", args.data_dir).examples, tok, hp["max_length"])
+    eval_enc = tokenize_examples(load_split(task, "dev", args.data_dir).examples, tok, hp["max_length"])
     seeds = [int(s) for s in args.seeds.split(",")]
     out = tempfile.mkdtemp()
     systems = {}
@@ -168,8 +168,8 @@ def cpu_trainer(cfg) -> dict:
     reset_peak_rss()
     built = build(cfg, log=lambda _: None)
     task, train = built.task, cfg.train
-    train_enc = built.encode(load_task_split(cfg, task, cfg.data.train_split, training=True))
-    eval_enc = built.encode(load_task_split(cfg, task, cfg.data.eval_split))
+    train_enc = built.featurize_split(load_task_split(cfg, task, cfg.data.train_split, training=True))
+    eval_enc = built.featurize_split(load_task_split(cfg, task, cfg.data.eval_split))
     set_seed(train.seed)
     args = TrainingArguments(
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=train.batch_size,
@@ -177,7 +177,7 @@ def cpu_trainer(cfg) -> dict:
         warmup_steps=int(train.warmup * train.max_steps), weight_decay=train.weight_decay, max_grad_norm=1.0,
         eval_strategy="no", save_strategy="no", logging_steps=10_000, report_to=[], seed=train.seed,
         disable_tqdm=True, use_cpu=True, dataloader_num_workers=0)
-    trainer = Trainer(model=TrainerModel(built.model), args=args, train_dataset=rows(train_enc),
+    trainer = Trainer(model=TrainerModel(built.head), args=args, train_dataset=rows(train_enc),
                       data_collator=DataCollatorWithPadding(built.tokenizer))
     cpu = time.process_time()
     trainer.train()
@@ -262,8 +262,8 @@ def case_base(args, lines):
     out = tempfile.mkdtemp()
     for max_len in (128, 512):
         hp = {"batch_size": 32, "eval_batch_size": 256, "lr": 2e-5, "epochs": 1, "max_length": max_len}
-        train_enc = encode_examples(load_split(task, "train", args.data_dir).examples, tok, max_len)
-        eval_enc = encode_examples(load_split(task, "dev", args.data_dir).examples, tok, max_len)
+        train_enc = tokenize_examples(load_split(task, "train", args.data_dir).examples, tok, max_len)
+        eval_enc = tokenize_examples(load_split(task, "dev", args.data_dir).examples, tok, max_len)
         tokens_per_sample = float(train_enc.lengths.mean())
         rows = {
             "transformers Trainer": run_trainer(model_dir, train_enc, eval_enc, tok, hp, 1, max_steps=args.base_steps),

@@ -49,8 +49,8 @@ METRICS: Registry = Registry("metric", {
     "cluener_macro_f1": "clue_runner.metrics.entity:surface_macro_f1",
 }, "clue_run.metrics")
 
-# Row parsers turn one data row into the item(s) a head tokenizes (`inputs.encoder` in a task YAML).
-PARSERS: Registry = Registry("input encoder", {
+# Row parsers turn one data row into the item(s) a head tokenizes (`inputs.parser` in a task YAML).
+PARSERS: Registry = Registry("row parser", {
     "text": "clue_runner.data.parsers:parse_text",
     "wsc_spans": "clue_runner.data.parsers:parse_wsc_spans",
     "mrc_span": "clue_runner.data.parsers:parse_mrc_span",

@@ -172,7 +172,7 @@ def test_train_and_reload_same_score(arch, head, checkpoints, data_dir, tmp_path
     assert result.steps == 2
     # What `clue-run eval` does (api.evaluate), on the run's 16 dev examples rather than the whole split.
     run = api.load_run(run_dir, "cpu")
-    enc = run.encode(load_task_split(run.cfg, run.task, "dev", limit=16))
+    enc = run.featurize_split(load_task_split(run.cfg, run.task, "dev", limit=16))
     logits, _ = run.logits(enc)
     again = score(run.task, run.predict, logits, enc, None)
     assert again == pytest.approx(result.best.metrics, abs=1e-6)

@@ -79,7 +79,7 @@ def test_lora_run_reloads_with_its_exact_score_and_exports_merged(tiny_model, da
     assert not any("lora" in k for k in saved)  # the export is plain transformers weights
     # The merged export predicts what the unmerged model predicts.
     run = api.load_run(run_dir)
-    enc = run.encode(api.load_task_split(run.cfg, run.task, "dev", data_dir=str(data_dir)))
+    enc = run.featurize_split(api.load_task_split(run.cfg, run.task, "dev", data_dir=str(data_dir)))
     ours = run.logits(enc)[0]
     merged = AutoModelForSequenceClassification.from_pretrained(best).eval()
     theirs = _hf_logits(merged, enc, run.tokenizer.pad_token_id)
@@ -91,7 +91,7 @@ def test_lora_changes_only_adapters_and_head(tiny_model, data_dir, tmp_path):
 
     cfg = make_cfg(tiny_model, data_dir, tmp_path, methods=[{"name": "lora"}])
     built = build(cfg)
-    trainable = {n for n, p in built.model.named_parameters() if p.requires_grad}
+    trainable = {n for n, p in built.head.named_parameters() if p.requires_grad}
     assert all("lora_" in n or n.startswith("backbone.model.classifier.") for n in trainable), trainable
     assert any("lora_A" in n for n in trainable) and "backbone.model.classifier.weight" in trainable
 
@@ -108,7 +108,7 @@ def test_lora_without_a_peft_default_needs_target_modules(tmp_path, data_dir):
     with pytest.raises(ConfigError, match="peft has no default for model type 'roformer'"):
         build(make_cfg(d, data_dir, tmp_path, methods=[{"name": "lora"}]))
     built = build(make_cfg(d, data_dir, tmp_path, methods=[{"name": "lora", "target_modules": ["query", "value"]}]))
-    assert any("lora_A" in n for n, _ in built.model.named_parameters())
+    assert any("lora_A" in n for n, _ in built.head.named_parameters())
 
 
 def _copy_tokenizer(directory: Path) -> None:
@@ -136,7 +136,7 @@ def test_best_loads_into_automodel_and_sequence_classification(tiny_model, data_
     run_dir = api.train(make_cfg(tiny_model, data_dir, tmp_path), log=quiet)
     best = run_dir / "best"
     run = api.load_run(run_dir)
-    enc = run.encode(api.load_task_split(run.cfg, run.task, "dev", data_dir=str(data_dir)))
+    enc = run.featurize_split(api.load_task_split(run.cfg, run.task, "dev", data_dir=str(data_dir)))
     ours = run.logits(enc)[0]
 
     classifier, info = AutoModelForSequenceClassification.from_pretrained(best, output_loading_info=True)
@@ -261,7 +261,7 @@ def test_rdrop_on_an_embedding_head_is_refused_at_config_load():
 def test_fgm_perturbs_the_second_segment_of_a_bi_encoder(tiny_model, data_dir):
     from clue_runner.data.splits import load_split
     from clue_runner.engine.build import model_for
-    from clue_runner.features import collate, encode_examples
+    from clue_runner.features import collate, tokenize_examples
     from clue_runner.methods import StepContext, build_methods
     from clue_runner.models import load_tokenizer
     from clue_runner.tasks import get_task
@@ -269,7 +269,7 @@ def test_fgm_perturbs_the_second_segment_of_a_bi_encoder(tiny_model, data_dir):
     task = get_task("stsb")
     tok = load_tokenizer(str(tiny_model))
     examples = load_split(task, "train", str(data_dir), limit=8).examples
-    enc = encode_examples(examples, tok, 32, separate_pairs=True)
+    enc = tokenize_examples(examples, tok, 32, separate_pairs=True)
     batch = collate(enc, list(range(8)), tok.pad_token_id)
     only_b = set(batch["b_input_ids"].unique().tolist()) - set(batch["input_ids"].unique().tolist())
     assert only_b, "the fixture needs tokens that occur only in the second sentences"

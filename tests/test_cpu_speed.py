@@ -119,8 +119,8 @@ def test_cpu_evaluation_pads_less_and_predicts_as_one_example_at_a_time(tiny_mod
 
     cfg = make_cfg(tiny_model, data_dir, tmp_path, data={"max_length": 128, "max_eval_examples": None})
     built = build(cfg, device="cpu")
-    built.model.eval()
-    enc = built.encode(load_task_split(cfg, built.task, "dev"))
+    built.head.eval()
+    enc = built.featurize_split(load_task_split(cfg, built.task, "dev"))
     assert len(enc) == 160 and enc.lengths.max() > 2 * np.median(enc.lengths)  # lengths vary: padding matters
     cpu = torch.device("cpu")
 
@@ -132,9 +132,9 @@ def test_cpu_evaluation_pads_less_and_predicts_as_one_example_at_a_time(tiny_mod
         pytest.approx(capped, abs=1e-4)
 
     with torch.no_grad():
-        alone = np.concatenate([built.model(**collate(enc, [i], built.tokenizer.pad_token_id, targets=False)).numpy()
+        alone = np.concatenate([built.head(**collate(enc, [i], built.tokenizer.pad_token_id, targets=False)).numpy()
                                 for i in range(len(enc))])
-    batched, _ = predict_logits(built.model, enc, 128, built.tokenizer.pad_token_id, cpu, None)
+    batched, _ = predict_logits(built.head, enc, 128, built.tokenizer.pad_token_id, cpu, None)
     np.testing.assert_allclose(batched, alone, atol=1e-5)
     assert (batched.argmax(-1) == alone.argmax(-1)).all()
     assert score(built.task, built.predict, batched, enc) == score(built.task, built.predict, alone, enc)

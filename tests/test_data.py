@@ -89,3 +89,14 @@ def test_wsc_markers(tmp_path):
     write_jsonl(tmp_path / "clue" / "cluewsc2020_public" / "dev.json", [row])
     with pytest.raises(DataError, match=r"dev.json:1: field 'target.span2_text': '他' is not at index 4"):
         load_split(task, "dev", str(tmp_path))
+
+
+def test_a_task_yaml_naming_its_row_parser_encoder_still_loads(tmp_path):
+    """`inputs.encoder` was the row parser's old key: an old task YAML keeps loading, as `inputs.parser`."""
+    import yaml
+
+    spec = get_task("cluener").model_dump()
+    assert spec["inputs"]["parser"] == "entity_spans"
+    spec["inputs"]["encoder"] = spec["inputs"].pop("parser")
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(spec, allow_unicode=True), encoding="utf-8")
+    assert get_task(str(tmp_path / "old.yaml")) == get_task("cluener")

@@ -51,7 +51,7 @@ def _plain_logits(best, texts, pairs=None, batch_size=8, side="right"):
 def _check_best_in_plain_transformers(run_dir):
     run = api.load_run(run_dir, "cpu")
     data = load_task_split(run.cfg, run.task, "dev")
-    ours, _ = run.logits(run.encode(data))
+    ours, _ = run.logits(run.featurize_split(data))
     texts = [ex.text_a for ex in data.examples]
     plain, tokenizer, model = _plain_logits(run_dir / "best", texts)
     assert tokenizer.pad_token is not None and tokenizer.padding_side == "right"
@@ -91,7 +91,7 @@ def test_decoder_cls_with_lora_exports_merged_weights(arch, tiny_decoder, data_d
     result = api.read_run(run_dir)
     assert result.method == "finetune+lora(r=4)"  # the report row, beside encoder rows on the decoder's slug
     run = api.load_run(run_dir, "cpu")
-    adapted = {name.rsplit(".", 1)[-1] for name, module in run.model.named_modules() if hasattr(module, "lora_A")}
+    adapted = {name.rsplit(".", 1)[-1] for name, module in run.head.named_modules() if hasattr(module, "lora_A")}
     assert adapted == LORA_TARGETS[arch]
     assert result.model.trainable_parameters < result.model.parameters / 10  # adapters + classifier
     again = api.evaluate(run_dir, device="cpu")

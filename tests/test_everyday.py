@@ -294,7 +294,7 @@ def test_fused_adamw_on_cpu(tiny_model, data_dir, tmp_path):
 
     cfg = _train_cfg(tiny_model, data_dir, tmp_path)
     built = build(cfg, device="cpu")
-    trainer = Trainer(built.model, built.model.loss, [], None, scorer({}), cfg.train, 0, torch.device("cpu"))
+    trainer = Trainer(built.head, built.head.loss, [], None, scorer({}), cfg.train, 0, torch.device("cpu"))
     assert trainer.optimizer.defaults["fused"] is True
 
 
@@ -310,13 +310,13 @@ def test_fp16_gradient_scaler_scales_unscales_and_skips_overflow(tiny_model, dat
     assert trainer_mod.autocast_dtype("fp16", torch.device("cuda")) is torch.float16
     monkeypatch.setattr(trainer_mod, "autocast_dtype", lambda precision, device: torch.float16)
     built = build(cfg, device="cpu")
-    train_enc = built.encode(built_split(built, cfg, "train"))
-    t = trainer_mod.Trainer(built.model, built.model.loss, [], train_enc, scorer({"accuracy": 0.0}),
+    train_enc = built.featurize_split(built_split(built, cfg, "train"))
+    t = trainer_mod.Trainer(built.head, built.head.loss, [], train_enc, scorer({"accuracy": 0.0}),
                             cfg.train, built.tokenizer.pad_token_id, torch.device("cpu"))
     assert t.scaler.is_enabled() and not t.fast_path
     t._loss_sum = torch.zeros(())  # set by run()
     scale = t.scaler.get_scale()
-    param = next(p for p in built.model.parameters() if p.requires_grad)
+    param = next(p for p in built.head.parameters() if p.requires_grad)
     t._train_on(np.arange(8), boundary=False, scale=1.0)
     scaled_grad = param.grad.clone()
     assert torch.isfinite(scaled_grad).all() and scaled_grad.abs().max() > 0

@@ -11,7 +11,7 @@ import torch
 from clue_runner.engine.evaluate import predict_logits
 from clue_runner.engine.cuda_graphs import IGNORE, WIDTH_STEP, StaticBatcher
 from clue_runner.data.splits import load_split
-from clue_runner.features import collate, encode_examples, eval_batches
+from clue_runner.features import collate, eval_batches, tokenize_examples
 from clue_runner.engine.build import model_for
 from clue_runner.models import load_tokenizer
 from clue_runner.tasks import get_task
@@ -22,7 +22,7 @@ from clue_runner.engine.trainer import fast_path_blocker
 def setup(tiny_model, data_dir):
     tok = load_tokenizer(str(tiny_model))
     data = load_split(get_task("fewclue_bustm"), "dev", str(data_dir), limit=45)
-    enc = encode_examples(data.examples, tok, 64)
+    enc = tokenize_examples(data.examples, tok, 64)
     torch.manual_seed(0)
     model = model_for(get_task("fewclue_bustm"), str(tiny_model), dropout=0.0).eval()
     return tok, enc, model

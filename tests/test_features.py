@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from clue_runner.data.splits import Example
-from clue_runner.features import collate, encode_examples, eval_batches, train_batches
+from clue_runner.features import collate, eval_batches, tokenize_examples, train_batches
 from clue_runner.models import load_tokenizer
 
 
@@ -33,7 +33,7 @@ def test_eval_batches_sorted_and_complete():
 def test_bi_encoder_segments_tokenize_each_text_alone(tiny_model):
     tok = load_tokenizer(str(tiny_model))
     examples = [Example(0, "花呗提额", "借呗额度很高", 1), Example(1, "你好", "再见", 0)]
-    enc = encode_examples(examples, tok, 32, separate_pairs=True)
+    enc = tokenize_examples(examples, tok, 32, separate_pairs=True)
     batch = collate(enc, [1, 0], tok.pad_token_id)
     assert batch["input_ids"][1, : enc.segments[""].lengths[0]].tolist() == tok("花呗提额")["input_ids"]
     assert batch["b_input_ids"][1, : enc.segments["b_"].lengths[0]].tolist() == tok("借呗额度很高")["input_ids"]
@@ -43,7 +43,7 @@ def test_bi_encoder_segments_tokenize_each_text_alone(tiny_model):
 def test_collate_never_truncates_or_reorders(tiny_model):
     tok = load_tokenizer(str(tiny_model))
     examples = [Example(i, "今天天气很好" * (i + 1), "我们去公园" if i % 2 else "散步", 0) for i in range(6)]
-    enc = encode_examples(examples, tok, 512)
+    enc = tokenize_examples(examples, tok, 512)
     idx = [4, 0, 5]
     batch = collate(enc, idx, tok.pad_token_id, pad_multiple=8)
     assert batch["input_ids"].shape[1] % 8 == 0
@@ -60,12 +60,12 @@ def test_tokenization_cache_is_reused_and_keyed(tiny_model, monkeypatch):
 
     tok = load_tokenizer(str(tiny_model))
     examples = [Example(0, "花呗提额", "借呗额度", 1), Example(1, "你好", "再见", 0)]
-    first = encode_examples(examples, tok, 32)
+    first = tokenize_examples(examples, tok, 32)
     calls = []
     monkeypatch.setattr(features, "_tokenize", lambda *a: calls.append(a) or first.segments[""])
-    again = encode_examples(examples, tok, 32)
+    again = tokenize_examples(examples, tok, 32)
     assert calls == [] and again.segments[""].ids.tolist() == first.segments[""].ids.tolist()
-    encode_examples(examples, tok, 16)  # another max_length is another cache entry
+    tokenize_examples(examples, tok, 16)  # another max_length is another cache entry
     assert len(calls) == 1
 
 

@@ -144,8 +144,8 @@ def test_cutting_changes_no_encoding_of_real_rows(task_name, variant, max_length
     whole = load_split(task, "dev", data_dir=str(root), variant=variant)
     cut = load_split(task, "dev", data_dir=str(root), variant=variant, limits=head_cls.text_limits(params, max_length))
     a, b = cut_rows_and_some_others(whole, cut)
-    assert_same_encoding(built.encode(dataclasses.replace(whole, examples=a)),
-                         built.encode(dataclasses.replace(cut, examples=b)))
+    assert_same_encoding(built.featurize_split(dataclasses.replace(whole, examples=a)),
+                         built.featurize_split(dataclasses.replace(cut, examples=b)))
 
 
 def test_cutting_changes_no_prompt_and_no_sentencepiece_encoding(e5_dir, data_dir):
@@ -153,14 +153,14 @@ def test_cutting_changes_no_prompt_and_no_sentencepiece_encoding(e5_dir, data_di
     tokenizer (tokens of several characters): text pairs cut at max_length 8."""
     from transformers import AutoTokenizer
 
-    from clue_runner.features import encode_examples
+    from clue_runner.features import tokenize_examples
 
     task = get_task("fewclue_csl")
     whole = load_split(task, "dev", data_dir=str(data_dir), variant="0")
     a, b = cut_rows_and_some_others(whole, load_split(task, "dev", data_dir=str(data_dir), variant="0",
                                                       limits=TextLimits.within(8)))
     tokenizer = AutoTokenizer.from_pretrained(e5_dir)
-    assert_same_encoding(encode_examples(a, tokenizer, 8, use_cache=False), encode_examples(b, tokenizer, 8, use_cache=False))
+    assert_same_encoding(tokenize_examples(a, tokenizer, 8, use_cache=False), tokenize_examples(b, tokenizer, 8, use_cache=False))
     template = "[MASK]。{text_a}{text_b}"
     assert_same_encoding(render_prompts(a, tokenizer, template, 8, 2), render_prompts(b, tokenizer, template, 8, 2))
 

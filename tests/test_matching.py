@@ -12,7 +12,7 @@ from clue_runner.cli import app
 from clue_runner.config import build_config
 from clue_runner.engine.cuda_graphs import StaticBatcher
 from clue_runner.data.splits import load_split
-from clue_runner.features import collate, encode_examples, eval_batches
+from clue_runner.features import collate, eval_batches, tokenize_examples
 from clue_runner.engine.build import model_for
 from clue_runner.metrics import compute_metrics
 from clue_runner.models import load_tokenizer
@@ -44,7 +44,7 @@ def test_filler_rows_do_not_change_any_embedding_loss(loss, tiny_model, data_dir
     for module in head.modules():  # training mode (SimCSE's second view) but deterministic
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
-    enc = encode_examples(data.examples, tok, 48, head.separate_pairs)
+    enc = tokenize_examples(data.examples, tok, 48, head.separate_pairs)
     batcher = StaticBatcher(enc, tok.pad_token_id, rows=16)
     for idx in eval_batches(enc.lengths, 16):
         static, _ = batcher(idx)
@@ -148,8 +148,8 @@ def test_threshold_is_searched_on_the_threshold_split_and_applied_unchanged(tiny
     run = api.load_run(sorted((tmp_path / "out").glob("*/*/*"))[0])
 
     def scores(split):
-        enc = run.encode(load_split(run.task, split, str(tmp_path / "data")))
-        return enc.labels, run.model.predict(torch.from_numpy(run.logits(enc)[0]))
+        enc = run.featurize_split(load_split(run.task, split, str(tmp_path / "data")))
+        return enc.labels, run.head.predict(torch.from_numpy(run.logits(enc)[0]))
 
     (val_gold, val_scores), (dev_gold, dev_scores) = scores("val"), scores("dev")
     want = threshold_scores(dev_scores, dev_gold, best_threshold(val_scores, val_gold))

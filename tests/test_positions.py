@@ -104,7 +104,7 @@ def test_a_model_extended_to_1024_trains_on_long_inputs_and_reloads(tiny_model, 
     run_dir = api.train(cfg, log=quiet)
     result = api.read_run(run_dir)
     run = api.load_run(run_dir)
-    enc = run.encode(api.load_task_split(run.cfg, run.task, "dev", data_dir=str(tmp_path / "data")))
+    enc = run.featurize_split(api.load_task_split(run.cfg, run.task, "dev", data_dir=str(tmp_path / "data")))
     assert int(enc.lengths.max()) > 1000  # the whole text went in, not 512 tokens of it
     assert api.evaluate(run_dir, "dev", str(tmp_path / "data"))["metrics"] == result.best.metrics
     assert AutoModel.from_pretrained(run_dir / "best").config.max_position_embeddings == 1024

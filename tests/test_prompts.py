@@ -308,8 +308,8 @@ def test_ptuning_embeddings_trains_only_the_prompt_vectors(synthetic, tmp_path):
     cfg = _cfg(synthetic.untrained, synthetic.data, tmp_path, "fewclue_eprstmt", {"name": "pet"}, steps=4,
                methods=[{"name": "ptuning", "variant": "embeddings", "lr": 0.05}])
     built = build(cfg)
-    before = {k: v.detach().clone() for k, v in built.model.state_dict().items()}
-    trainable = [n for n, p in built.model.named_parameters() if p.requires_grad]
+    before = {k: v.detach().clone() for k, v in built.head.state_dict().items()}
+    trainable = [n for n, p in built.head.named_parameters() if p.requires_grad]
     assert trainable == ["backbone.prompt"]
     run = api.train(cfg, log=quiet)
     from clue_runner.engine.checkpoint import STATE_FILE
@@ -340,11 +340,11 @@ def test_ptuning_steps_change_only_the_prompt_and_keep_token_type_ids(synthetic,
     real = batch["attention_mask"][0].bool()
     assert batch["token_type_ids"][0][real].tolist() == [0] * (1 + n + 1 + 2 + 1) + [1] * 3
     seen = {}
-    inner = built.model.backbone.inner.model
+    inner = built.head.backbone.inner.model
     original = inner.forward
     inner.forward = lambda *a, **kw: (seen.update(kw), original(*a, **kw))[1]
-    before = {k: v.detach().clone() for k, v in built.model.state_dict().items()}
-    model = built.model
+    before = {k: v.detach().clone() for k, v in built.head.state_dict().items()}
+    model = built.head
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
     for _ in range(3):

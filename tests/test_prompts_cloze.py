@@ -207,7 +207,7 @@ def test_pet_head_scores_each_example_by_its_own_candidates_like_the_masked_lm(c
     rows[2]["candidates"][(rows[2]["answer"] + 1) % 7] = RARE + "公好龙"  # a character outside the vocabulary
     items = _items(rows)
     enc = built.featurize(items, built.tokenizer, 64)
-    model = built.model.eval()
+    model = built.head.eval()
     with torch.no_grad():
         scores = model(**collate(enc, list(range(len(items))), built.tokenizer.pad_token_id, targets=False))
     assert scores.shape == (5, 7)
@@ -278,7 +278,7 @@ def test_a_bad_cloze_prompt_is_refused_when_the_task_loads(change, message):
     other = get_task("fewclue_eprstmt").model_dump(mode="json")  # candidates on a task without them
     other["prompt"] = {"templates": {"t": "{before_blank}[MASK]{after_blank}"}, "label_words": "candidates",
                        "word_length": 1}
-    with pytest.raises(ValueError, match="needs a cloze input encoder"):
+    with pytest.raises(ValueError, match="needs a cloze row parser"):
         TaskSpec.model_validate(other)
 
 

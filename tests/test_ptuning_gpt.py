@@ -25,7 +25,7 @@ def _cfg(model_dir, data_dir, out, task="fewclue_eprstmt", head=None, steps=6, m
 
 
 def _batch(built, n=6, split="train"):
-    enc = built.encode(load_task_split(built.cfg, built.task, split, limit=n))
+    enc = built.featurize_split(load_task_split(built.cfg, built.task, split, limit=n))
     return enc, collate(enc, range(n), built.tokenizer.pad_token_id)
 
 
@@ -54,7 +54,7 @@ def _brute_force(model_dir, head, enc, example: int, label: int) -> float:
 def test_label_scores_equal_a_brute_force_forward(arch, task, words, tiny_decoder, data_dir, tmp_path):
     model_dir = tiny_decoder(arch)
     built = build(_cfg(model_dir, data_dir, tmp_path, task=task, head={"label_words": words} if words else None), device="cpu")
-    head = built.model.eval()
+    head = built.head.eval()
     enc, batch = _batch(built, n=4, split="dev")
     with torch.no_grad():
         scores = head(**batch)
@@ -70,7 +70,7 @@ def test_label_scores_equal_a_brute_force_forward(arch, task, words, tiny_decode
 @pytest.mark.parametrize("train_backbone", [False, True])
 def test_prompt_vectors_train_and_the_backbone_is_frozen_unless_asked(train_backbone, tiny_decoder, data_dir, tmp_path):
     built = build(_cfg(tiny_decoder("gpt2"), data_dir, tmp_path, head={"train_backbone": train_backbone}), device="cpu")
-    head = built.model.train()
+    head = built.head.train()
     _, batch = _batch(built, n=8)
     optimizer = torch.optim.Adam([p for p in head.parameters() if p.requires_grad], lr=5e-2)
     losses = []
@@ -93,7 +93,7 @@ def test_prompt_vectors_train_and_the_backbone_is_frozen_unless_asked(train_back
 
 def test_with_lora_and_train_backbone_only_the_adapters_and_prompts_train(tiny_decoder, data_dir, tmp_path):
     cfg = _cfg(tiny_decoder("llama"), data_dir, tmp_path, head={"train_backbone": True}, methods=[{"name": "lora"}])
-    head = build(cfg, device="cpu").model
+    head = build(cfg, device="cpu").head
     trainable = {name for name, p in head.named_parameters() if p.requires_grad}
     assert "prompt" in trainable and len(trainable) > 1
     assert all(name == "prompt" or "lora_" in name for name in trainable)  # not Llama's untied LM head
@@ -101,7 +101,7 @@ def test_with_lora_and_train_backbone_only_the_adapters_and_prompts_train(tiny_d
 
 def test_lm_loss_is_the_gold_words_negative_log_likelihood(tiny_decoder, data_dir, tmp_path):
     built = build(_cfg(tiny_decoder("qwen2"), data_dir, tmp_path, head={"loss": "lm"}), device="cpu")
-    head = built.model.eval()
+    head = built.head.eval()
     _, batch = _batch(built, n=4)
     batch["labels"][1] = -100  # an unlabelled row adds nothing
     with torch.no_grad():
@@ -124,7 +124,7 @@ def test_run_reloads_with_identical_predictions(tiny_decoder, data_dir, tmp_path
     again = api.evaluate(run_dir, device="cpu")  # what `clue-run eval` runs
     assert again["metrics"] == pytest.approx(result.best.metrics, abs=1e-9)
     first, second = api.load_run(run_dir, "cpu"), api.load_run(run_dir, "cpu")
-    enc = first.encode(load_task_split(first.cfg, first.task, "dev"))
+    enc = first.featurize_split(load_task_split(first.cfg, first.task, "dev"))
     a, b = first.logits(enc)[0], second.logits(enc)[0]
     assert np.array_equal(a, b) and np.array_equal(first.predict(torch.from_numpy(a)), second.predict(torch.from_numpy(b)))
 

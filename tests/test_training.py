@@ -102,7 +102,7 @@ def test_bad_data_leaves_nothing_behind(tiny_model, tmp_path):
 
 def test_fgm_restores_embeddings_exactly_and_changes_gradients(tiny_model, data_dir, tmp_path):
     from clue_runner.data.splits import load_split
-    from clue_runner.features import collate, encode_examples
+    from clue_runner.features import collate, tokenize_examples
     from clue_runner.engine.build import model_for
     from clue_runner.methods import StepContext, build_methods
     from clue_runner.models import load_tokenizer
@@ -110,7 +110,7 @@ def test_fgm_restores_embeddings_exactly_and_changes_gradients(tiny_model, data_
 
     task = get_task("fewclue_eprstmt")
     tok = load_tokenizer(str(tiny_model))
-    enc = encode_examples(load_split(task, "dev", str(data_dir), limit=8).examples, tok, 64)
+    enc = tokenize_examples(load_split(task, "dev", str(data_dir), limit=8).examples, tok, 64)
     batch = collate(enc, list(range(8)), tok.pad_token_id)
     torch.manual_seed(0)
     model = model_for(task, str(tiny_model), dropout=0.0)

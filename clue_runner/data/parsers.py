@@ -2,7 +2,7 @@
 
 Most tasks need only `text` (one or two fields; list-valued fields joined). Tasks whose input
 needs code get a named parser here (listed in `plugins.PARSERS`), with its settings as data in
-the task YAML (`inputs.encoder`, `inputs.options`).
+the task YAML (`inputs.parser`, `inputs.options`).
 
 The structured tasks' parsers (reading comprehension, multiple choice, idiom cloze, NER) turn a
 row (a paragraph with its questions, a document, a line of passages) into examples whose `label`

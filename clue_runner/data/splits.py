@@ -26,10 +26,10 @@ class Example:
     id: Any  # as in the file (test ids go back into the submission unchanged)
     text_a: str
     text_b: Optional[str]
-    # index into task.label.values, or a score; for structured tasks what the encoder gives (choice
+    # index into task.label.values, or a score; for structured tasks what the parser gives (choice
     # index, answer texts, entity spans); None for unlabelled splits
     label: Any
-    extra: dict = field(default_factory=dict)  # structure from the encoder; "row": the row it came from
+    extra: dict = field(default_factory=dict)  # structure from the parser; "row": the row it came from
 
 
 @dataclass
@@ -201,7 +201,7 @@ def load_split(
     needs (answer spans) are checked too; `require_labels`: a row without its label is a bad row;
     `limits`: how many characters of each text the head reads (longer texts are cut, or refused)."""
     src = _split_source(task, split, data_dir, variant, source)
-    encode = PARSERS.get(src.inputs.encoder)
+    parse = PARSERS.get(src.inputs.parser)
     parse_label = _label_parser(task) if task.label.kind != "structured" else None
     ctx = RowContext(training=training, answers=src.answers, labels=tuple(task.label.values))
     data = SplitData(task=task.name, split=split, source=" + ".join(src.origins), examples=[])
@@ -209,7 +209,7 @@ def load_split(
         try:
             if isinstance(row, BadRow):
                 raise RowError(None, row.problem)
-            items = encode(row, src.inputs, ctx)
+            items = parse(row, src.inputs, ctx)
             cuts = []
             for item in items:
                 _check_texts(item, src.inputs, allow_empty=parse_label is None)

@@ -52,7 +52,7 @@ class Built:
     cfg: ExperimentConfig
     task: TaskSpec
     tokenizer: object
-    model: Head
+    head: Head  # holds the backbone
     methods: list[Method]
     model_path: str  # what the backbone was loaded from (the trimmed copy, or a run's best/)
     featurize: Callable
@@ -66,7 +66,8 @@ class Built:
     warn: Callable[[str], None] = field(default=None, repr=False)
     vocabulary_mismatches: int = 0  # texts counted by check_vocabulary
 
-    def encode(self, data: SplitData) -> Encoded:
+    def featurize_split(self, data: SplitData) -> Encoded:
+        """A split's examples as model inputs, through the head's `featurize`."""
         if self.full_tokenizer is not None:
             self.check_vocabulary(example_texts(data.examples), data.source)
         return self.featurize(data.examples, self.tokenizer, self.cfg.data.max_length)
@@ -87,16 +88,21 @@ class Built:
                 "for exact agreement")
         return differ
 
+    @property
+    def module(self) -> Head:
+        """What trains, saves and reloads: here the head (MultiBuilt: the multi-task model)."""
+        return self.head
+
     def views(self) -> dict[str, "Built"]:
         """Task (as the config names it) -> its single-task view: here the model itself."""
         return {self.cfg.task: self}
 
     def place(self, device: torch.device, amp: Optional[torch.dtype]) -> None:
-        self.model.to(device)
+        self.head.to(device)
         self.device, self.amp = device, amp
 
     def parameter_counts(self) -> dict:
-        return parameter_counts(self.model)
+        return parameter_counts(self.head)
 
     def calibration(self, enc: Optional[Encoded]):
         """(gold, predictions) of the threshold split, for metrics that fit a threshold there."""
@@ -106,13 +112,13 @@ class Built:
 
     def threshold_split(self, scored_split: str, data_dir: Optional[str] = None) -> Optional[Encoded]:
         data = threshold_split_data(self.cfg, self.task, scored_split, data_dir)
-        return self.encode(data) if data is not None else None
+        return self.featurize_split(data) if data is not None else None
 
     def logits(self, enc: Encoded) -> tuple[np.ndarray, float]:
         if (self.graphed is None and self.device.type == "cuda" and self.cfg.train.cuda_graphs
-                and self.model.graphable and not any(m.has_step_hooks for m in self.methods)):
-            self.graphed = GraphedForward(self.model, self.amp)  # kept: graphs read the weights in place
-        return predict_logits(self.model, enc, self.cfg.train.eval_batch_size, self.tokenizer.pad_token_id,
+                and self.head.graphable and not any(m.has_step_hooks for m in self.methods)):
+            self.graphed = GraphedForward(self.head, self.amp)  # kept: graphs read the weights in place
+        return predict_logits(self.head, enc, self.cfg.train.eval_batch_size, self.tokenizer.pad_token_id,
                               self.device, self.amp, self.graphed)
 
 
@@ -273,7 +279,7 @@ def build(cfg: ExperimentConfig, checkpoint: Optional[Path] = None, device: str 
     source = model_source(cfg, checkpoint, log)
     built = (assemble_multitask if cfg.is_multitask else assemble)(cfg, source, log)
     if checkpoint is not None:
-        load_best(checkpoint, built.model)
+        load_best(checkpoint, built.module)
     built.place(dev, autocast_dtype(cfg.train.precision, dev))
     return built
 
@@ -327,13 +333,17 @@ class MultiBuilt:
     multitask: ClassVar[bool] = True
 
     cfg: ExperimentConfig
-    tasks: dict[str, Built]  # task name -> its single-task view (model = its head on the shared backbone)
-    model: MultiTaskModel
+    tasks: dict[str, Built]  # task name -> its single-task view (its head on the shared backbone)
+    model: MultiTaskModel  # the whole model: the shared backbone and every head
     tokenizer: object
     model_path: str
     load_report: dict = field(default_factory=dict)
     methods: list = field(default_factory=list)
     device: Optional[torch.device] = None  # set by `place`
+
+    @property
+    def module(self) -> MultiTaskModel:
+        return self.model
 
     def views(self) -> dict[str, Built]:
         return self.tasks

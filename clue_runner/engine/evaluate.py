@@ -81,7 +81,7 @@ class Predictions:
 
 
 class SplitEvaluator:
-    """One task's model scored on its encoded eval split (a `trainer.Evaluator`). After each evaluation,
+    """One task's model scored on its featurized eval split (a `trainer.Evaluator`). After each evaluation,
     `seconds` is the model's time over the split and `last_predictions` what it predicted."""
 
     def __init__(self, built, enc: Encoded, ids: list, threshold_enc: Optional[Encoded] = None):

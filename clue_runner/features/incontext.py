@@ -153,7 +153,7 @@ class Renderer:
         return request
 
 
-def encode_requests(requests: list[Request], labels: np.ndarray) -> Encoded:
+def pack_requests(requests: list[Request], labels: np.ndarray) -> Encoded:
     """Requests as an `Encoded`: one item per example, its context the segment "" (the calibration
     context "cf_"), its continuations `item_arrays["continuation_ids"]` [n, C, L] (-1 = none) and
     their characters `continuation_chars` [n, C]."""

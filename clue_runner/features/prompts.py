@@ -151,7 +151,7 @@ def word_ids(tokenizer, words: list[str]) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
-def encode_pairs(firsts: list[str], seconds: list[str], tokenizer, max_length: int, truncation: str, labels,
+def tokenize_pairs(firsts: list[str], seconds: list[str], tokenizer, max_length: int, truncation: str, labels,
                  choices: int = 1) -> Encoded:
     """Text pairs as [CLS] a [SEP] b [SEP] with token types (NSP-BERT's input)."""
     enc = tokenizer(firsts, seconds, truncation=truncation, max_length=max_length)
@@ -169,8 +169,8 @@ def nsp_label_prompts(examples, tokenizer, prompts: list[str], max_length: int, 
     texts = [ex.text_a for ex in examples for _ in prompts]
     labels_ = [p for _ in examples for p in prompts]
     if prompt_first:
-        return encode_pairs(labels_, texts, tokenizer, max_length, "only_second", _labels(examples, label_of), len(prompts))
-    return encode_pairs(texts, labels_, tokenizer, max_length, "only_first", _labels(examples, label_of), len(prompts))
+        return tokenize_pairs(labels_, texts, tokenizer, max_length, "only_second", _labels(examples, label_of), len(prompts))
+    return tokenize_pairs(texts, labels_, tokenizer, max_length, "only_first", _labels(examples, label_of), len(prompts))
 
 
 def fill(pattern: str, word: str) -> str:

@@ -95,7 +95,7 @@ def cached_segment(texts_a, texts_b, tokenizer, max_length: int, use_cache: bool
     return Segment(z["ids"], z["offsets"], z.get("type_ids"))
 
 
-def encode_examples(examples: Sequence, tokenizer, max_length: int, separate_pairs: bool = False,
+def tokenize_examples(examples: Sequence, tokenizer, max_length: int, separate_pairs: bool = False,
                     use_cache: bool = True) -> Encoded:
     """Tokenize (reusing an identical earlier tokenization from the on-disk cache).
 

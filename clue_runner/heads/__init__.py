@@ -16,7 +16,7 @@ from torch import nn
 
 from ..data.limits import TextLimits
 from ..errors import ConfigError
-from ..features import Encoded, encode_examples
+from ..features import Encoded, tokenize_examples
 from ..plugins import HEADS
 from ..registry import validate_options
 
@@ -70,7 +70,8 @@ class Head(nn.Module):
         """The backbone kind to load for this task and architecture."""
         return cls.backbone_kind
 
-    def encode(self, batch: dict, prefix: str = "", hidden_states: bool = False):
+    def backbone_outputs(self, batch: dict, prefix: str = "", hidden_states: bool = False):
+        """The backbone run on one batch segment (`prefix`: "" or "b_"), before the head's own layers."""
         return self.backbone(batch, prefix, hidden_states)
 
     def use_template(self, template: str) -> None:
@@ -84,7 +85,7 @@ class Head(nn.Module):
 
     def featurize(self, examples, tokenizer, max_length: int, use_cache: bool = True) -> Encoded:
         """Examples → tokenized items (one per example here; windows or choices in other heads)."""
-        return encode_examples(examples, tokenizer, max_length, self.separate_pairs, use_cache)
+        return tokenize_examples(examples, tokenizer, max_length, self.separate_pairs, use_cache)
 
     @classmethod
     def label(cls, task, params) -> Optional[str]:

@@ -28,7 +28,7 @@ class MultipleChoiceHead(Head):
 
     Params = ChoiceParams
     output = "class_logits"  # one logit per choice, softmax over a question's choices
-    label_kinds = ("structured",)  # the input encoder gives the gold
+    label_kinds = ("structured",)  # the row parser gives the gold
     graphable = False  # an item is several sequences
 
     def __init__(self, backbone, task, params: ChoiceParams, dropout=0.1):
@@ -52,7 +52,7 @@ class MultipleChoiceHead(Head):
                        meta={"groups": np.array([ex.extra["row"] for ex in examples])})
 
     def forward(self, choice_mask: torch.Tensor, **batch) -> torch.Tensor:
-        hidden = self.encode(batch).last_hidden_state[:, 0]
+        hidden = self.backbone_outputs(batch).last_hidden_state[:, 0]
         scores = self.scorer(self.dropout(hidden)).float().view(choice_mask.shape)
         return scores.masked_fill(~choice_mask, MASKED)
 

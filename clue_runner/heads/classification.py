@@ -42,7 +42,7 @@ class ClsHead(Head):
     def forward(self, **batch) -> torch.Tensor:
         if self.classifier is None:
             return self.backbone.classify(batch)
-        hidden = self.encode(batch).last_hidden_state
+        hidden = self.backbone_outputs(batch).last_hidden_state
         return self.classifier(self.dropout(hidden[:, 0]))
 
     def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:

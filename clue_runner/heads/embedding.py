@@ -57,7 +57,7 @@ class EmbeddingHead(Head):
 
     def pool(self, batch: dict, prefix: str = "") -> torch.Tensor:
         pooling = self.params.pooling
-        out = self.encode(batch, prefix, hidden_states=pooling in ("last2avg", "first_last_avg"))
+        out = self.backbone_outputs(batch, prefix, hidden_states=pooling in ("last2avg", "first_last_avg"))
         if pooling == "cls":
             return out.last_hidden_state[:, 0]
         if pooling == "mean":

@@ -30,7 +30,7 @@ class GlobalPointerHead(Head):
 
     Params = PointerParams
     output = "span_scores"
-    label_kinds = ("structured",)  # the input encoder gives the gold
+    label_kinds = ("structured",)  # the row parser gives the gold
     graphable = False
 
     @classmethod
@@ -64,7 +64,7 @@ class GlobalPointerHead(Head):
                        meta={"token_char": z["token_char"], "texts": texts})
 
     def forward(self, **batch) -> torch.Tensor:
-        hidden = self.encode(batch).last_hidden_state
+        hidden = self.backbone_outputs(batch).last_hidden_state
         return self.pointer(self.dropout(hidden), batch["attention_mask"])
 
     def loss(self, scores: torch.Tensor, batch: dict) -> torch.Tensor:

@@ -26,9 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ConfigError
 from ..features import Encoded
-from ..features.incontext import Renderer, encode_requests, template_hash
+from ..features.incontext import Renderer, pack_requests, template_hash
 from ..models.backbone import decoder_tokenizer
-from ..tasks.spec import CHOICE_ENCODERS, LmTemplate, check_lm_template
+from ..tasks.spec import CHOICE_PARSERS, LmTemplate, check_lm_template
 from . import MASKED, Head
 
 
@@ -57,8 +57,8 @@ class IclHead(Head):
     def misfit(cls, task, params) -> Optional[str]:
         if task.lm is None and params.prompt is None:
             return f"{task.name} has no lm: templates for in-context scoring; give head.prompt or add an lm: block"
-        if task.label.kind == "structured" and task.inputs.encoder not in CHOICE_ENCODERS:
-            return f"{task.name}: in-context scoring handles class labels and choices, not {task.inputs.encoder} targets"
+        if task.label.kind == "structured" and task.inputs.parser not in CHOICE_PARSERS:
+            return f"{task.name}: in-context scoring handles class labels and choices, not {task.inputs.parser} targets"
         if params.calibrate and task.label.kind != "categorical":
             return f"{task.name}: calibrate needs a fixed label set (its choices differ per example)"
         return super().misfit(task, params)
@@ -84,7 +84,7 @@ class IclHead(Head):
         self.template, self.separator = self.template_for(task, params)
         if params.prompt is not None:
             try:
-                check_lm_template(self.template, "head", cloze=task.inputs.encoder == "idiom_cloze")
+                check_lm_template(self.template, "head", cloze=task.inputs.parser == "idiom_cloze")
             except ValueError as err:
                 raise ConfigError(str(err)) from None
         self.words = list(task.lm_words().values()) if task.label.kind == "categorical" else None
@@ -124,7 +124,7 @@ class IclHead(Head):
         requests = [renderer.request(tokenizer, ex, i, pool, max_length) for i, ex in enumerate(examples)]
         self.shown = {ex.id: r.demonstrations for ex, r in zip(examples, requests)}
         labels = np.array([-100 if ex.label is None else ex.label for ex in examples], dtype=np.int64)
-        return encode_requests(requests, labels)
+        return pack_requests(requests, labels)
 
     def forward(self, input_ids, attention_mask, continuation_ids, continuation_chars, cf_input_ids=None,
                 cf_attention_mask=None, **_) -> torch.Tensor:

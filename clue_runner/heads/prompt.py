@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict
 
 from ..errors import ConfigError
 from ..features import Encoded
-from ..features.prompts import (bucket_labels, candidate_ids, encode_pairs, fill, nsp_label_prompts, random_mask,
-                                render_prompts, word_ids)
+from ..features.prompts import (bucket_labels, candidate_ids, fill, nsp_label_prompts, random_mask, render_prompts,
+                                tokenize_pairs, word_ids)
 from ..tasks.spec import check_template
 from . import MASKED, Head
 
@@ -200,7 +200,7 @@ class NspHead(Head):
         a, b = [ex.text_a for ex in examples], [ex.text_b or "" for ex in examples]
         if self.nsp.pair_first == "text_b":
             a, b = b, a
-        return encode_pairs(a, b, tokenizer, max_length, "longest_first", labels)
+        return tokenize_pairs(a, b, tokenizer, max_length, "longest_first", labels)
 
     def forward(self, **batch) -> torch.Tensor:
         is_next = self.backbone.nsp_logits(batch).float().log_softmax(-1)[:, 0]  # log P(IsNext)

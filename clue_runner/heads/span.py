@@ -33,7 +33,7 @@ class SpanHead(Head):
 
     Params = SpanParams
     output = "span_logits"
-    label_kinds = ("structured",)  # the input encoder gives the gold
+    label_kinds = ("structured",)  # the row parser gives the gold
     graphable = False
 
     @classmethod
@@ -71,7 +71,7 @@ class SpanHead(Head):
                        meta={"char_start": z["char_start"], "char_end": z["char_end"], "contexts": contexts})
 
     def forward(self, **batch) -> torch.Tensor:
-        hidden = self.encode(batch).last_hidden_state
+        hidden = self.backbone_outputs(batch).last_hidden_state
         logits = self.pointer(self.dropout(hidden)).float()
         return logits.masked_fill(batch["attention_mask"].unsqueeze(-1) == 0, MASKED)
 

@@ -1,6 +1,6 @@
 """`clue-run train`, top to bottom (after nanoGPT's train.py):
 
-    prepare    runs.prepare.prepare         splits loaded and checked, the model built, splits encoded
+    prepare    runs.prepare.prepare         splits loaded and checked, the model built, splits featurized
     run dir    runs.rundir.RunDir           a new run directory, or the interrupted one recovered
     trainer    engine.trainer.Trainer       handed the evaluator and the best/ checkpoint policy
     events     fit                          logged as the trainer yields them
@@ -21,7 +21,6 @@ from typing import Callable, Optional
 from ..config import ExperimentConfig
 from ..engine import distributed
 from ..errors import DiskError, RunError, disk_error_line, is_disk_error
-from ..heads import Head
 from .naming import model_slug
 from .prepare import load_task_data, prepare
 from .result import RESULT_FILE, SCHEMA_VERSION, environment, write_result
@@ -91,8 +90,8 @@ def fit(cfg: ExperimentConfig, prepared, run: RunDir, on_event, log: Callable[[s
 
     built = prepared.built
     writes = distributed.is_main()
-    checkpoints = BestCheckpoint(run.best, built.model, built.tokenizer, built.methods, writes=writes)
-    trainer = Trainer(built.model, built.model.loss, built.methods, prepared.train_source, prepared.evaluator,
+    checkpoints = BestCheckpoint(run.best, built.module, built.tokenizer, built.methods, writes=writes)
+    trainer = Trainer(built.module, built.module.loss, built.methods, prepared.train_source, prepared.evaluator,
                       cfg.train, built.tokenizer.pad_token_id, built.device, checkpoints, resume_dir=run.resume,
                       log_dir=run.path / "logs", run_config=cfg.model_dump(mode="json"))
     counts = built.parameter_counts()
@@ -146,7 +145,7 @@ def run_result(cfg: ExperimentConfig, prepared, state, run_id: str, clock: float
                   "parameters": counts["total"], "trainable_parameters": counts["trainable"],
                   "load_report": built.load_report,
                   # a stand-in head trained by `clue-run model adapt-mlm`: reports label it "adapted on N sentences"
-                  "adapted": getattr(built.model.backbone.config, "clue_run_adapted", None)},
+                  "adapted": getattr(built.module.backbone.config, "clue_run_adapted", None)},
         "method": cfg.method_label(),
         "methods": {m.name: m.summary() for m in built.methods if m.summary()},
         "seed": cfg.train.seed,
@@ -162,7 +161,7 @@ def run_result(cfg: ExperimentConfig, prepared, state, run_id: str, clock: float
         "environment": environment(built.device),
         "wall_time_s": round(time.perf_counter() - clock, 2),  # this process (a resumed run counts its last part)
     }
-    head = built.model.describe() if isinstance(built.model, Head) else {}  # a multi-task model has no one head
+    head = built.head.describe() if not built.multitask else {}  # a multi-task model has no one head
     if head:
         result["head"] = head  # e.g. the LM template scored and its hash (in-context scoring)
     tasks = prepared.tasks_result(state)

@@ -1,5 +1,5 @@
 """A run made ready to train, before its run directory exists: every split loaded and checked, the model
-built once (one head, or one per task on a shared encoder), every split encoded, the evaluator set up.
+built once (one head, or one per task on a shared encoder), every split featurized, the evaluator set up.
 Everything that can fail on bad input fails here."""
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def prepare(cfg: ExperimentConfig, log: Callable[[str], None]):
     configs = cfg.task_configs()
     data = {name: load_task_data(tc) for name, tc in configs.items()}  # data errors before the model loads
     built = build(cfg, log=log)
-    parts = {name: encode_task_data(configs[name], view, data[name]) for name, view in built.views().items()}
+    parts = {name: featurize_task_data(configs[name], view, data[name]) for name, view in built.views().items()}
     if not built.multitask:
         return parts[cfg.task]
     from ..multitask.run import MultiPrepared
@@ -89,21 +89,21 @@ def load_task_data(cfg: ExperimentConfig) -> TaskData:
     return TaskData(train, evaluated, threshold_split_data(cfg, task, cfg.data.eval_split))
 
 
-def encode_task_data(cfg: ExperimentConfig, built: Built, data: TaskData) -> Prepared:
+def featurize_task_data(cfg: ExperimentConfig, built: Built, data: TaskData) -> Prepared:
     """`built`: the task's model (a task view of a multi-task model: its data options in its config)."""
     train_data = data.train
-    train_enc = built.encode(train_data) if train_data is not None else None
-    eval_enc = built.encode(data.eval)
+    train_enc = built.featurize_split(train_data) if train_data is not None else None
+    eval_enc = built.featurize_split(data.eval)
     if train_data is not None:
-        if built.model.needs_labels and train_enc.unlabelled():
+        if built.head.needs_labels and train_enc.unlabelled():
             raise DataError(f"{train_data.source}: the training split has unlabelled rows")
-        unlabeled = getattr(built.model, "unlabeled_split", None)
+        unlabeled = getattr(built.head, "unlabeled_split", None)
         if unlabeled:  # semi-supervised heads (PET) train on an unlabelled split beside the labelled one
-            pool = load_task_split(cfg, built.task, unlabeled, getattr(built.model.params, "unlabeled_examples", None),
+            pool = load_task_split(cfg, built.task, unlabeled, getattr(built.head.params, "unlabeled_examples", None),
                                    training=True, unlabelled=True)
             train_data = dataclasses.replace(train_data, examples=train_data.examples + pool.examples,
                                              source=f"{train_data.source} + {pool.source} ({len(pool.examples)} unlabelled)")
-            train_enc = built.encode(train_data)
-    threshold_enc = built.encode(data.threshold) if data.threshold is not None else None
+            train_enc = built.featurize_split(train_data)
+    threshold_enc = built.featurize_split(data.threshold) if data.threshold is not None else None
     evaluator = SplitEvaluator(built, eval_enc, [ex.id for ex in data.eval.examples], threshold_enc)
     return Prepared(built.task, built, train_data, data.eval, train_enc, eval_enc, evaluator)

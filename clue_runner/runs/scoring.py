@@ -24,7 +24,7 @@ def load_run(run_dir: Path, device: str = "auto"):
                           if not (run_dir / RESULT_FILE).is_file() else ""))
     check_best_is_the_results(run_dir)
     built = build(saved_config(run_dir), checkpoint=best, device=device)
-    built.model.eval()
+    built.head.eval()
     return built
 
 
@@ -59,7 +59,7 @@ def load_checkpoint(path: Path, task_name: str, device: str = "auto") -> Built:
     if built.load_report.get("new_head"):
         raise ClueRunError(f"{path}: no trained {task.head} head for task {task.name} in this checkpoint "
                            f"(new weights: {', '.join(built.load_report['new_head'][:3])}); train it with clue-run train")
-    built.model.eval()
+    built.head.eval()
     return built
 
 
@@ -92,7 +92,7 @@ def evaluate_task(run: Built, split: str, data_dir: Optional[str]) -> tuple[dict
     from ..engine.evaluate import score
 
     data = load_task_split(run.cfg, run.task, split, data_dir=data_dir)
-    enc = run.encode(data)
+    enc = run.featurize_split(data)
     if enc.unlabelled():
         raise ClueRunError(f"{data.source}: split {split!r} has unlabelled rows; use `clue-run predict` for it")
     logits, seconds = run.logits(enc)
@@ -122,7 +122,7 @@ def predict_task(run: Built, split: str, data_dir, clue_version: str, out: Optio
 
     name = predict_file_name(run.task, clue_version)  # refuses tasks without a submission format
     data = load_task_split(run.cfg, run.task, split, on_bad_row="error", data_dir=data_dir)  # a submission never skips rows
-    enc = run.encode(data)
+    enc = run.featurize_split(data)
     preds = run.predict(torch.from_numpy(run.logits(enc)[0]), enc)
     path = out or run_dir / PREDICTIONS_DIR / name
     atomic_write_text(path, format_predictions(run.task, data.examples, preds))
@@ -138,22 +138,22 @@ def encode_texts(texts: list[str], run_dir: Optional[Path] = None, model_name: O
     from ..data.splits import Example
     from ..engine.cuda_graphs import GraphedForward
     from ..engine.evaluate import predict_logits
-    from ..features import encode_examples
+    from ..features import tokenize_examples
     from ..heads.embedding import EmbeddingHead
 
     if not texts:
         raise ClueRunError("no texts to encode")
     if run_dir is not None:
         run = load_run(run_dir, device)
-        if not isinstance(run.model, EmbeddingHead):
-            raise ClueRunError(f"{run_dir}: its head is {type(run.model).__name__}; encoding needs an embedding head")
+        if not isinstance(run.head, EmbeddingHead):
+            raise ClueRunError(f"{run_dir}: its head is {type(run.head).__name__}; encoding needs an embedding head")
     else:
         # The model as it is: a vocabulary trimmed to some task's texts would split the user's texts otherwise.
         cfg = build_config({"task": "stsb", "model": {"name": model_name, "trim_vocab": False},
                             "head": {"name": "embedding", "pooling": pooling}, "train": {"max_steps": 0}})
         run = build(cfg, device=device)
     run.check_vocabulary(texts, "the input")
-    enc = encode_examples([Example(i, t, None, None) for i, t in enumerate(texts)], run.tokenizer, max_length)
-    graphed = GraphedForward(run.model, run.amp) if run.device.type == "cuda" else None
-    vectors, _ = predict_logits(run.model, enc, batch_size, run.tokenizer.pad_token_id, run.device, run.amp, graphed)
+    enc = tokenize_examples([Example(i, t, None, None) for i, t in enumerate(texts)], run.tokenizer, max_length)
+    graphed = GraphedForward(run.head, run.amp) if run.device.type == "cuda" else None
+    vectors, _ = predict_logits(run.head, enc, batch_size, run.tokenizer.pad_token_id, run.device, run.amp, graphed)
     return vectors.astype(np.float32)

@@ -1,7 +1,7 @@
 """What a task YAML says: where its files are, which fields are inputs, its label set, its head,
 its metrics and main metric, and how its test predictions are named for the leaderboard.
 
-Names (head, input encoder, metrics, data and submission formats) are checked against the built-in table (`plugins`) without
+Names (head, row parser, metrics, data and submission formats) are checked against the built-in table (`plugins`) without
 importing their implementations.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import ConfigError
 from ..plugins import DATA_FORMATS, HEADS, METRICS, PARSERS, SUBMISSION_FORMATS
@@ -71,16 +71,17 @@ class DataSpec(_Strict):
 
 
 class InputSpec(_Strict):
-    encoder: str = "text"  # a row parser (plugins.PARSERS)
+    # a row parser (plugins.PARSERS); `encoder`, its old name, still loads
+    parser: str = Field("text", validation_alias=AliasChoices("parser", "encoder"))
     text_a: str
     text_b: Optional[str] = None
     join: str = "；"  # list-valued fields (CSL keywords) are joined with this
-    options: dict[str, Any] = {}  # encoder-specific settings, e.g. span markers
+    options: dict[str, Any] = {}  # parser-specific settings, e.g. span markers
 
 
 class LabelSpec(_Strict):
     field: str = "label"
-    # score: a number, e.g. STS-B similarity 0–5; structured: the input encoder gives the gold
+    # score: a number, e.g. STS-B similarity 0–5; structured: the row parser gives the gold
     # (the right choice's index, answer texts, entity spans)
     kind: Literal["categorical", "score", "structured"] = "categorical"
     values: list[str] = []  # categorical: label strings exactly as in the data and the submission; NER: entity types
@@ -119,7 +120,7 @@ SLOTS = ("{text_a}", "{text_b}")
 BLANK_SLOTS = ("{before_blank}", "{after_blank}")  # a cloze passage's text either side of its blank
 SEP = "[SEP]"
 CANDIDATES = "candidates"  # prompt.label_words for label words given per example
-CLOZE_ENCODERS = ("idiom_cloze",)  # input encoders whose examples carry one blank and their candidates
+CLOZE_PARSERS = ("idiom_cloze",)  # row parsers whose examples carry one blank and their candidates
 
 
 class NspTemplate(_Strict):
@@ -167,7 +168,7 @@ class PromptSpec(_Strict):
     maximum length; the template never is.
 
     Cloze tasks (CHID): `label_words: candidates` takes each example's own candidates (its input
-    encoder's choices) as its label words, all `word_length` characters long; the templates then
+    parser's choices) as its label words, all `word_length` characters long; the templates then
     have `{before_blank}[MASK]{after_blank}`, the passage's text either side of the blank, cut
     away from the blank so the blank's neighbourhood survives.
     """
@@ -233,7 +234,7 @@ def check_template(template: str, where: str = "template", cloze: bool = False) 
 
 LM_SLOTS = ("{text_a}", "{text_b}")
 LABEL_SLOT = "{label}"
-CHOICE_ENCODERS = ("multiple_choice", "idiom_cloze")  # label words are each example's choices
+CHOICE_PARSERS = ("multiple_choice", "idiom_cloze")  # label words are each example's choices
 
 
 class LmTemplate(_Strict):
@@ -316,16 +317,16 @@ class TaskSpec(_Strict):
     @model_validator(mode="after")
     def _names_resolve(self):
         if self.prompt is not None and self.prompt.per_example:
-            if self.label.kind != "structured" or self.inputs.encoder not in CLOZE_ENCODERS:
-                raise ValueError(f"prompt.label_words: candidates needs a cloze input encoder "
-                                 f"({', '.join(CLOZE_ENCODERS)}) and label.kind: structured")
+            if self.label.kind != "structured" or self.inputs.parser not in CLOZE_PARSERS:
+                raise ValueError(f"prompt.label_words: candidates needs a cloze row parser "
+                                 f"({', '.join(CLOZE_PARSERS)}) and label.kind: structured")
         elif self.prompt is not None:
             missing = [v for v in self.label.values if v not in self.prompt.label_words]
             if missing or set(self.prompt.label_words) - set(self.label.values):
                 raise ValueError(f"prompt.label_words must give a word for exactly the label values (missing {missing[:3]})")
         if self.lm is not None:
             self._check_lm()
-        for registry, name in ((HEADS, self.head), (PARSERS, self.inputs.encoder), *((METRICS, m) for m in self.metrics)):
+        for registry, name in ((HEADS, self.head), (PARSERS, self.inputs.parser), *((METRICS, m) for m in self.metrics)):
             if name not in registry:
                 registry.get(name)  # raises: unknown name, with did-you-mean
         if self.published_metric is not None and self.published_metric not in self.metrics:
@@ -337,15 +338,15 @@ class TaskSpec(_Strict):
         return self
 
     def _check_lm(self) -> None:
-        cloze = self.inputs.encoder in CLOZE_ENCODERS
+        cloze = self.inputs.parser in CLOZE_PARSERS
         for name in self.lm.templates:
             check_lm_template(self.lm.template(name), f"lm.templates.{name}", cloze=cloze)
         unknown = set(self.lm.label_words) - set(self.label.values)
         if unknown:
             raise ValueError(f"lm.label_words: {sorted(unknown)[0]!r} is not a label value")
-        if self.label.kind == "structured" and self.inputs.encoder not in CHOICE_ENCODERS:
-            raise ValueError(f"lm: in-context scoring needs class labels or choices ({', '.join(CHOICE_ENCODERS)}), "
-                             f"not the {self.inputs.encoder} encoder")
+        if self.label.kind == "structured" and self.inputs.parser not in CHOICE_PARSERS:
+            raise ValueError(f"lm: in-context scoring needs class labels or choices ({', '.join(CHOICE_PARSERS)}), "
+                             f"not the {self.inputs.parser} parser")
         words = list(self.lm_words().values())
         if len(set(words)) != len(words):
             raise ValueError("lm.label_words: two labels have the same word")
