@@ -194,11 +194,11 @@ def test_shipped_sweeps_expand():
     shipped = sorted((Path(__file__).resolve().parents[1] / "configs" / "sweeps").glob("*.yaml"))
     sizes = {p.stem: len(load_sweep(p).cells) for p in shipped}  # every cell's config validated
     assert sizes == {"fewclue": 9 * 3 * 2, "fewclue_cpu": 3 * 3 * 2,
-                     "fewclue_protocol": 9 * 5, "fewclue_methods": 4 * 5 * 6}  # tasks × splits (× methods)
+                     "fewclue_protocol": 9 * 5, "fewclue_methods": 4 * 5 * 7}  # tasks × splits (× methods)
     methods = load_sweep(shipped[[p.stem for p in shipped].index("fewclue_methods")])
     assert {(c.task, c.cfg.data.variant) for c in methods.cells} == {
         (t, str(v)) for t in ("fewclue_eprstmt", "fewclue_bustm", "fewclue_ocnli", "fewclue_csl") for v in range(5)}
     assert {c.cfg.method_label() for c in methods.cells} == {
-        "finetune", "finetune+fgm", "finetune+rdrop", "finetune+lora(lr=0.0005)", "finetune+child_tuning",
+        "finetune", "finetune+fgm", "finetune+gradient_penalty", "finetune+rdrop", "finetune+lora(lr=0.0005)", "finetune+child_tuning",
         "finetune+lst(lr=0.002)"}
     assert all(c.cfg.train.max_steps is None and not c.hparams for c in methods.cells)  # full budget; splits pair
