@@ -24,7 +24,7 @@ def load_run(run_dir: Path, device: str = "auto"):
                           if not (run_dir / RESULT_FILE).is_file() else ""))
     check_best_is_the_results(run_dir)
     built = build(saved_config(run_dir), checkpoint=best, device=device)
-    built.head.eval()
+    built.module.eval()  # a multi-task run: the whole model
     return built
 
 
