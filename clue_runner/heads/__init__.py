@@ -34,6 +34,8 @@ class Head(nn.Module):
     output = "hidden"  # what forward returns, for methods that only work on some outputs (R-Drop: class_logits)
     separate_pairs = False  # bi-encoders tokenize the two texts of a pair on their own
     needs_labels = True  # False for self-supervised objectives (SimCSE)
+    unlabeled_split: Optional[str] = None  # semi-supervised heads (PET): an unlabelled split trained beside the labelled one
+    unlabeled_examples: Optional[int] = None  # at most this many of its rows (None: all)
     graphable = True  # batches fit the CUDA-graph fast path's static shapes (one sequence per item)
     label_kinds = ("categorical", "score")  # task label kinds (tasks.spec.LabelSpec.kind) the head can learn
 

@@ -87,7 +87,7 @@ class PetHead(Head):
             self.template = params.pattern
         else:
             self.template = _prompt(task).template(params.template)
-        self.unlabeled_split = params.unlabeled_split
+        self.unlabeled_split, self.unlabeled_examples = params.unlabeled_split, params.unlabeled_examples
         self._aux_loss: Optional[torch.Tensor] = None
         self._mask_id = self._vocab = None
         if self.per_example:

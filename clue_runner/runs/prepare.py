@@ -95,11 +95,11 @@ def featurize_task_data(cfg: ExperimentConfig, built: Built, data: TaskData) -> 
     train_enc = built.featurize_split(train_data) if train_data is not None else None
     eval_enc = built.featurize_split(data.eval)
     if train_data is not None:
-        if built.head.needs_labels and train_enc.unlabelled():
+        head = built.head
+        if head.needs_labels and train_enc.unlabelled():
             raise DataError(f"{train_data.source}: the training split has unlabelled rows")
-        unlabeled = getattr(built.head, "unlabeled_split", None)
-        if unlabeled:  # semi-supervised heads (PET) train on an unlabelled split beside the labelled one
-            pool = load_task_split(cfg, built.task, unlabeled, getattr(built.head.params, "unlabeled_examples", None),
+        if head.unlabeled_split:  # semi-supervised heads (PET) train on an unlabelled split beside the labelled one
+            pool = load_task_split(cfg, built.task, head.unlabeled_split, head.unlabeled_examples,
                                    training=True, unlabelled=True)
             train_data = dataclasses.replace(train_data, examples=train_data.examples + pool.examples,
                                              source=f"{train_data.source} + {pool.source} ({len(pool.examples)} unlabelled)")
