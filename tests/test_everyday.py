@@ -286,6 +286,25 @@ def test_dry_run_writes_nothing_and_predicts_the_steps(tiny_model, data_dir, tmp
     assert result.steps == 4
 
 
+def test_dry_run_counts_the_parameters_of_the_real_build_without_a_tokenizer(tiny_model, data_dir, tmp_path,
+                                                                             monkeypatch):
+    """`parameter_plan` (what --dry-run prints) equals the built model's counts, LoRA's trainable share
+    included, and never loads the tokenizer (most of a dry run's time on a 250k-piece vocabulary)."""
+    from clue_runner.engine import build as build_mod
+
+    cfg = _train_cfg(tiny_model, data_dir, tmp_path)
+    lora = cfg.model_copy(update={"methods": [{"name": "lora", "r": 4}]})
+    lora = type(cfg).model_validate(lora.model_dump())
+    expected = [build_mod.build(c, device="cpu").parameter_counts() for c in (cfg, lora)]
+    assert expected[1]["trainable"] < expected[1]["total"] and expected[0]["trainable"] == expected[0]["total"]
+
+    def no_tokenizer(*_):
+        raise AssertionError("a dry run loaded the tokenizer")
+
+    monkeypatch.setattr(build_mod, "load_tokenizer", no_tokenizer)
+    assert [build_mod.parameter_plan(c) for c in (cfg, lora)] == expected
+
+
 def test_fused_adamw_on_cpu(tiny_model, data_dir, tmp_path):
     import torch
 

@@ -260,7 +260,7 @@ class ModelSource:
     when that is on), or a run's best/ (`checkpoint`)."""
 
     path: str
-    tokenizer: object
+    tokenizer: object  # None where only parameters are counted (`parameter_plan`)
     name: str  # how load messages name it
     checkpoint: Optional[Path] = None
     full_tokenizer: object = None  # reload of a trimmed run: the untrimmed tokenizer, to count mismatches
@@ -268,6 +268,10 @@ class ModelSource:
     @property
     def training(self) -> bool:
         return self.checkpoint is None
+
+    @property
+    def pad_token_id(self) -> Optional[int]:
+        return self.tokenizer.pad_token_id if self.tokenizer is not None else None
 
 
 def build(cfg: ExperimentConfig, checkpoint: Optional[Path] = None, device: str = "auto",
@@ -282,6 +286,16 @@ def build(cfg: ExperimentConfig, checkpoint: Optional[Path] = None, device: str 
         load_best(checkpoint, built.module)
     built.place(dev, autocast_dtype(cfg.train.precision, dev))
     return built
+
+
+def parameter_plan(cfg: ExperimentConfig) -> dict:
+    """`train --dry-run`'s parameter counts: the model `cfg` would train, on its configured (untrimmed)
+    vocabulary, built on the CPU without loading the tokenizer (its 1-2 s is most of a dry run)."""
+    model_path = resolve_model(cfg.model.name)
+    for tc in cfg.task_configs().values():
+        check_positions(tc, model_path, tc.resolved.method_prototypes, silent)
+    source = ModelSource(model_path, None, cfg.model.name)
+    return (assemble_multitask if cfg.is_multitask else assemble)(cfg, source, silent).parameter_counts()
 
 
 def model_source(cfg: ExperimentConfig, checkpoint: Optional[Path], log: Callable[[str], None]) -> ModelSource:
@@ -317,7 +331,7 @@ def assemble(cfg: ExperimentConfig, source: ModelSource, log: Callable[[str], No
     model = model_for(task, source.path, dropout=cfg.model.dropout, methods=methods, ctx=ctx,
                       allow_random_init=cfg.model.allow_random_init, seed=cfg.train.seed, name=source.name,
                       log=log if source.training else silent, max_length=cfg.data.max_length,
-                      head=(resolved.head_cls, resolved.head_params), pad_token_id=source.tokenizer.pad_token_id)
+                      head=(resolved.head_cls, resolved.head_params), pad_token_id=source.pad_token_id)
     model.bind_data(cfg.data)
     featurize, predict = model.featurize, model.predict
     report = model.backbone.load_report
