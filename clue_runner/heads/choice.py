@@ -52,7 +52,7 @@ class MultipleChoiceHead(Head):
                        meta={"groups": np.array([ex.extra["row"] for ex in examples])})
 
     def forward(self, choice_mask: torch.Tensor, **batch) -> torch.Tensor:
-        hidden = self.backbone_outputs(batch).last_hidden_state[:, 0]
+        hidden = self.backbone.summary(self.backbone_outputs(batch).last_hidden_state, batch["attention_mask"])
         scores = self.scorer(self.dropout(hidden)).float().view(choice_mask.shape)
         return scores.masked_fill(~choice_mask, MASKED)
 

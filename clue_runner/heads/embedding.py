@@ -58,8 +58,8 @@ class EmbeddingHead(Head):
     def pool(self, batch: dict, prefix: str = "") -> torch.Tensor:
         pooling = self.params.pooling
         out = self.backbone_outputs(batch, prefix, hidden_states=pooling in ("last2avg", "first_last_avg"))
-        if pooling == "cls":
-            return out.last_hidden_state[:, 0]
+        if pooling == "cls":  # a decoder's last real token (Backbone.summary)
+            return self.backbone.summary(out.last_hidden_state, batch[f"{prefix}attention_mask"])
         if pooling == "mean":
             hidden = out.last_hidden_state
         elif pooling == "last2avg":
