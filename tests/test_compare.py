@@ -91,6 +91,34 @@ def test_paired_comparison_matches_scipy_and_brute_force(runs_dir):
     assert c.result.interval == pytest.approx((diff.mean() - half, diff.mean() + half))
 
 
+def test_all_tasks_row_pools_the_pairs_of_every_task(runs_dir):
+    """A system compared on two tasks gets an "all tasks (2)" row over all 12 pairs (task, split, seed): the
+    same statistics as scipy and brute force on the concatenated pairs, in Holm's family of three."""
+    bustm = {"finetune": [0.60, 0.52, 0.58, 0.49, 0.55, 0.61], "finetune+fgm": [0.61, 0.55, 0.57, 0.56, 0.57, 0.60]}
+    for method, scores in bustm.items():
+        for (split, seed), score in zip(KEYS, scores):
+            write_run(runs_dir, method, split, seed, score, task="fewclue_bustm")
+    comparisons = compare(groups_of(runs_dir), "finetune")
+    assert sorted(c.task for c in comparisons[:2]) == ["fewclue_bustm", "fewclue_eprstmt"]
+    assert comparisons[-1].task == "all tasks (2)"
+    pooled = comparisons[-1]
+    a = 100 * np.array(SCORES["finetune+fgm"] + bustm["finetune+fgm"])
+    b = 100 * np.array(SCORES["finetune"] + bustm["finetune"])
+    assert pooled.result.n == 12 and pooled.result.mean == pytest.approx((a - b).mean())
+    assert pooled.result.t_p == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    assert pooled.result.perm_p == pytest.approx(brute_force_sign_flip(a - b))
+    assert ("fewclue_bustm", "2", 1) in pooled.keys and pooled.bootstrap is None
+    from statsmodels.stats.multitest import multipletests
+
+    expected = multipletests([c.result.perm_p for c in comparisons], method="holm")[1]
+    assert [c.result.holm_p for c in comparisons] == pytest.approx(list(expected))
+    res = CliRunner().invoke(app, ["report", str(runs_dir), "--compare", "finetune", "--format", "json",
+                                   "--method", "finetune,finetune+fgm"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)["comparisons"]
+    assert rows[-1]["task"] == "all tasks (2)" and {"task": "fewclue_bustm", "split": "0", "seed": 1} in rows[-1]["pairs"]
+
+
 def test_holm_on_a_known_case():
     comparisons = [st.Paired(5, 0, None, None, p, True) for p in (0.01, 0.04, 0.03)]
     st.holm(comparisons)
