@@ -305,3 +305,34 @@ def test_aso_column_comes_from_deepsig(runs_dir):
     [c] = compare(groups_of(runs_dir), "finetune", with_aso=True)
     a, b = [100 * s for s in SCORES["finetune+fgm"]], [100 * s for s in SCORES["finetune"]]
     assert c.result.aso == pytest.approx(deepsig.aso(a, b, num_bootstrap_iterations=200, seed=0, show_progress=False))
+
+
+def test_a_sweep_scores_each_run_as_it_finishes(tiny_model, data_dir, tmp_path, monkeypatch):
+    """`evaluate:` splits are scored as each cell finishes, so a sweep killed after its first run has that run's
+    heldout score (it was only written after the last cell before)."""
+    import yaml
+
+    from clue_runner import api
+    from clue_runner.runs import sweep as sweeps
+
+    sweep = {"name": "killed",
+             "base": {"task": "fewclue_eprstmt", "model": {"name": str(tiny_model)},
+                      "data": {"dir": str(data_dir), "max_length": 32, "max_train_examples": 16, "max_eval_examples": 16},
+                      "train": {"batch_size": 8, "max_steps": 2, "eval_every": 2}},
+             "grid": {"data.variant": ["0", "1"]}, "seeds": [1], "evaluate": ["heldout"],
+             "output_dir": str(tmp_path / "sweep")}
+    path = tmp_path / "killed.yaml"
+    path.write_text(yaml.safe_dump(sweep), encoding="utf-8")
+
+    def first_then_killed(sw, cells):  # the first cell trains (in this process), then the sweep is killed
+        api.train(cells[0].cfg, run_dir=cells[0].run_dir, log=lambda _: None)
+        yield {"run_id": cells[0].run_id, "state": "done", "dir": str(cells[0].run_dir), "seconds": 1.0}
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweeps, "launch", first_then_killed)
+    ran = CliRunner().invoke(app, ["sweep", "--config", str(path)])
+    assert ran.exit_code == 130, ran.output  # killed (Ctrl-C)
+    first, second = sweeps.load_sweep(path).cells
+    scores = json.loads((first.run_dir / "scores.json").read_text())
+    assert scores["heldout"]["metrics"]["accuracy"] == pytest.approx(api.evaluate(first.run_dir, "heldout")["metrics"]["accuracy"])
+    assert not (second.run_dir / "run.json").exists()

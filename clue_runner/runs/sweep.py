@@ -77,7 +77,7 @@ class SweepConfig(_Strict):
     workers: Optional[int] = Field(None, ge=1)  # concurrent runs (local CPU workers; ray/slurm: a cap)
     gpus: Optional[list[int]] = None  # local: the GPUs to give one slot each (default: all visible)
     retries: int = Field(1, ge=0)  # extra attempts for a failed run (a resumable one resumes)
-    # after the runs: score each finished run's best checkpoint on these splits too (its scores.json), e.g.
+    # as each run finishes: score its best checkpoint on these splits too (its scores.json), e.g.
     # FewCLUE's `heldout`; `clue-run report --scored-on SPLIT` reports them
     evaluate: list[str] = []
     ray: RayOptions = RayOptions()
