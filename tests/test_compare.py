@@ -119,6 +119,22 @@ def test_all_tasks_row_pools_the_pairs_of_every_task(runs_dir):
     assert rows[-1]["task"] == "all tasks (2)" and {"task": "fewclue_bustm", "split": "0", "seed": 1} in rows[-1]["pairs"]
 
 
+def test_all_tasks_row_averages_pairs_that_share_a_run_into_one_unit():
+    """A multi-task run scores all its tasks: its pairs are one unit (n counts units, not task pairs)."""
+    from clue_runner.report.compare import Comparison, independent_units, pooled
+
+    assert sorted(map(sorted, independent_units([("m1", "a"), ("m1", "b"), ("m2", "c"), ("x", "c"), ("y", "z")]))) == [
+        [0, 1], [2, 3], [4]]
+    # two tasks, seeds 1-3: the multi-task system's run per seed scores both tasks
+    scores = {"t1": [(60.0, 50.0), (70.0, 52.0), (55.0, 58.0)], "t2": [(40.0, 41.0), (45.0, 30.0), (52.0, 50.0)]}
+    made = [Comparison(task, "accuracy", "mt", "ft", [("-", s) for s in (1, 2, 3)], st.paired(*zip(*pairs)), pairs,
+                       [(f"mt-seed{s}", f"ft-{task}-seed{s}") for s in (1, 2, 3)]) for task, pairs in scores.items()]
+    [row] = pooled(made)
+    units = [(np.mean([scores[t][i][0] for t in scores]), np.mean([scores[t][i][1] for t in scores])) for i in range(3)]
+    assert row.result.n == 3 and row.result.mean == pytest.approx(np.mean([x - y for x, y in units]))
+    assert row.result.perm_p == pytest.approx(brute_force_sign_flip(np.array([x - y for x, y in units])))
+
+
 def test_holm_on_a_known_case():
     comparisons = [st.Paired(5, 0, None, None, p, True) for p in (0.01, 0.04, 0.03)]
     st.holm(comparisons)
