@@ -302,6 +302,7 @@ def test_dry_run_counts_the_parameters_of_the_real_build_without_a_tokenizer(set
     MLM head, a decoder's) and never loads the tokenizer (most of a dry run's time on a 250k-piece vocabulary)."""
     from clue_runner.config import build_config
     from clue_runner.engine import build as build_mod
+    from clue_runner.engine import source as source_mod
 
     arch, changes = DRY_RUN_SETUPS[setup]
     model = tiny_model if arch == "bert" else tiny_decoder(arch) if arch == "gpt2" else tmp_path / "mlm"
@@ -323,7 +324,7 @@ def test_dry_run_counts_the_parameters_of_the_real_build_without_a_tokenizer(set
     def no_tokenizer(*_):
         raise AssertionError("a dry run loaded the tokenizer")
 
-    monkeypatch.setattr(build_mod, "load_tokenizer", no_tokenizer)
+    monkeypatch.setattr(source_mod, "load_tokenizer", no_tokenizer)
     assert build_mod.parameter_plan(cfg) == expected
 
 

@@ -190,7 +190,8 @@ def dry_run(cfg: ExperimentConfig) -> dict:
     """The plan of `train` without training or writing (see `api.dry_run`)."""
     import math
 
-    from ..engine.build import parameter_plan, trim_skip
+    from ..engine.build import parameter_plan
+    from ..engine.source import trim_skip
     from ..models import resolve_model
 
     splits, batches = {}, {}
