@@ -329,6 +329,7 @@ def test_a_sweep_scores_each_run_as_it_finishes(tiny_model, data_dir, tmp_path, 
     import yaml
 
     from clue_runner import api
+    from clue_runner.runs import launchers
     from clue_runner.runs import sweep as sweeps
 
     sweep = {"name": "killed",
@@ -345,7 +346,7 @@ def test_a_sweep_scores_each_run_as_it_finishes(tiny_model, data_dir, tmp_path, 
         yield {"run_id": cells[0].run_id, "state": "done", "dir": str(cells[0].run_dir), "seconds": 1.0}
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sweeps, "launch", first_then_killed)
+    monkeypatch.setattr(launchers, "launch", first_then_killed)
     ran = CliRunner().invoke(app, ["sweep", "--config", str(path)])
     assert ran.exit_code == 130, ran.output  # killed (Ctrl-C)
     first, second = sweeps.load_sweep(path).cells

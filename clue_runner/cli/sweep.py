@@ -110,6 +110,7 @@ def sweep(
     predict_split: str = typer.Option("test", "--predict-split", help="The split --select predicts."),
 ):
     """Run a grid of experiments (skips finished runs, resumes interrupted ones, retries failed ones), then report it."""
+    from ..runs import launchers
     from ..runs import sweep as sweeps
     from ..runs.result import read_result
 
@@ -131,7 +132,7 @@ def sweep(
     since = time.time()
     with SweepDisplay(len(sw.cells), len(sw.cells) - len(todo), err) as display:
         if todo:
-            for outcome in sweeps.launch(sw, todo):
+            for outcome in launchers.launch(sw, todo):
                 if outcome is None:
                     display.update(_running(todo, since, finished))
                     continue
