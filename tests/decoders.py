@@ -1,6 +1,6 @@
-"""Tiny random decoder checkpoints (GPT-2, Qwen2, Llama) for tests: built from a config, saved with a
+"""Tiny random decoder checkpoints (GPT-2, Qwen2, Llama, Mistral) for tests: built from a config, saved with a
 byte-level BPE tokenizer whose merges make each given character one token. Like real GPT-2/Llama/Qwen
-tokenizers GPT-2's and Llama's have no pad token (the Llama one prepends <s> as Llama's does); the
+tokenizers GPT-2's, Llama's and Mistral's have no pad token (Llama's and Mistral's prepend <s> as theirs do); the
 Qwen2 one names `<|endoftext|>` as EOS and pad, as Qwen2.5's does.
 
 Import from tests: `from decoders import make_decoder, DECODERS`.
@@ -19,6 +19,8 @@ DECODERS = {
     "gpt2": ("GPT2Config", {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 512}, False),
     "qwen2": ("Qwen2Config", {**SMALL, "num_key_value_heads": 1, "max_position_embeddings": 512}, False),
     "llama": ("LlamaConfig", {**SMALL, "num_key_value_heads": 2, "max_position_embeddings": 512}, True),
+    "mistral": ("MistralConfig", {**SMALL, "num_key_value_heads": 1, "max_position_embeddings": 512,
+                                  "sliding_window": None}, True),
 }
 PADDED = {"qwen2"}  # tokenizers that ship a pad token
 

@@ -178,7 +178,7 @@ def test_train_and_reload_same_score(arch, head, checkpoints, data_dir, tmp_path
     assert again == pytest.approx(result.best.metrics, abs=1e-6)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "qwen2", "llama"])
+@pytest.mark.parametrize("arch", ["gpt2", "qwen2", "llama", "mistral"])
 def test_causal_lm_backbone_pads_for_the_user(arch, tiny_decoder, data_dir):
     """A decoder loads as `causal_lm` with its LM head; a tokenizer without a pad token pads with EOS;
     left and right padding give the same next-token logits at every real token."""

@@ -13,9 +13,10 @@ from clue_runner import api
 from clue_runner.config import build_config
 from clue_runner.api import load_task_split
 
-ARCHS = ["gpt2", "qwen2", "llama"]
+ARCHS = ["gpt2", "qwen2", "llama", "mistral"]
 # peft's default LoRA targets (peft.utils.constants), which `target_modules: auto` picks
-LORA_TARGETS = {"gpt2": {"c_attn"}, "qwen2": {"q_proj", "v_proj"}, "llama": {"q_proj", "v_proj"}}
+LORA_TARGETS = {"gpt2": {"c_attn"}, "qwen2": {"q_proj", "v_proj"}, "llama": {"q_proj", "v_proj"},
+                "mistral": {"q_proj", "v_proj"}}
 
 
 def _train(model_dir, data_dir, out, methods=(), task="fewclue_eprstmt", lr=1e-3):

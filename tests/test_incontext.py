@@ -59,7 +59,7 @@ def _brute_force(backbone, enc) -> torch.Tensor:
     return out
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "qwen2", "llama"])
+@pytest.mark.parametrize("arch", ["gpt2", "qwen2", "llama", "mistral"])
 def test_shared_prefix_equals_brute_force(arch, tiny_decoder, data_dir):
     path = tiny_decoder(arch)
     head, task = _head(path, "fewclue_tnews", data_dir, k=2)
