@@ -48,7 +48,7 @@ ROWS = {
 
 def adapt(args) -> None:
     from clue_runner.data.splits import load_split
-    from clue_runner.engine.build import task_texts
+    from clue_runner.engine.source import task_texts
     from clue_runner.models import resolve_model
     from clue_runner.models.adapt import adapt_mlm
     from clue_runner.models.trim import trim

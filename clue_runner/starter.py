@@ -45,13 +45,10 @@ def _fields(model_cls: type[BaseModel], indent: str, overrides: Optional[dict] =
     return lines
 
 
-GUIDE = "docs/guide/heads-and-methods.md"
-
-
 def _options(params_cls: type[BaseModel], indent: str, values: Optional[dict] = None, prefix: str = "") -> list[str]:
     """A head's or method's own parameters with their defaults (or `values`) and meanings."""
     return [prefix + _line(indent, key, (values or {}).get(key, field.get_default(call_default_factory=True)),
-                           field.description or f"see {GUIDE}")
+                           field.description)
             for key, field in params_cls.model_fields.items() if not field.is_required()]
 
 

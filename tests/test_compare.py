@@ -91,6 +91,50 @@ def test_paired_comparison_matches_scipy_and_brute_force(runs_dir):
     assert c.result.interval == pytest.approx((diff.mean() - half, diff.mean() + half))
 
 
+def test_all_tasks_row_pools_the_pairs_of_every_task(runs_dir):
+    """A system compared on two tasks gets an "all tasks (2)" row over all 12 pairs (task, split, seed): the
+    same statistics as scipy and brute force on the concatenated pairs, in Holm's family of three."""
+    bustm = {"finetune": [0.60, 0.52, 0.58, 0.49, 0.55, 0.61], "finetune+fgm": [0.61, 0.55, 0.57, 0.56, 0.57, 0.60]}
+    for method, scores in bustm.items():
+        for (split, seed), score in zip(KEYS, scores):
+            write_run(runs_dir, method, split, seed, score, task="fewclue_bustm")
+    comparisons = compare(groups_of(runs_dir), "finetune")
+    assert sorted(c.task for c in comparisons[:2]) == ["fewclue_bustm", "fewclue_eprstmt"]
+    assert comparisons[-1].task == "all tasks (2)"
+    pooled = comparisons[-1]
+    a = 100 * np.array(SCORES["finetune+fgm"] + bustm["finetune+fgm"])
+    b = 100 * np.array(SCORES["finetune"] + bustm["finetune"])
+    assert pooled.result.n == 12 and pooled.result.mean == pytest.approx((a - b).mean())
+    assert pooled.result.t_p == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    assert pooled.result.perm_p == pytest.approx(brute_force_sign_flip(a - b))
+    assert ("fewclue_bustm", "2", 1) in pooled.keys and pooled.bootstrap is None
+    from statsmodels.stats.multitest import multipletests
+
+    expected = multipletests([c.result.perm_p for c in comparisons], method="holm")[1]
+    assert [c.result.holm_p for c in comparisons] == pytest.approx(list(expected))
+    res = CliRunner().invoke(app, ["report", str(runs_dir), "--compare", "finetune", "--format", "json",
+                                   "--method", "finetune,finetune+fgm"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)["comparisons"]
+    assert rows[-1]["task"] == "all tasks (2)" and {"task": "fewclue_bustm", "split": "0", "seed": 1} in rows[-1]["pairs"]
+
+
+def test_all_tasks_row_averages_pairs_that_share_a_run_into_one_unit():
+    """A multi-task run scores all its tasks: its pairs are one unit (n counts units, not task pairs)."""
+    from clue_runner.report.compare import Comparison, independent_units, pooled
+
+    assert sorted(map(sorted, independent_units([("m1", "a"), ("m1", "b"), ("m2", "c"), ("x", "c"), ("y", "z")]))) == [
+        [0, 1], [2, 3], [4]]
+    # two tasks, seeds 1-3: the multi-task system's run per seed scores both tasks
+    scores = {"t1": [(60.0, 50.0), (70.0, 52.0), (55.0, 58.0)], "t2": [(40.0, 41.0), (45.0, 30.0), (52.0, 50.0)]}
+    made = [Comparison(task, "accuracy", "mt", "ft", [("-", s) for s in (1, 2, 3)], st.paired(*zip(*pairs)), pairs,
+                       [(f"mt-seed{s}", f"ft-{task}-seed{s}") for s in (1, 2, 3)]) for task, pairs in scores.items()]
+    [row] = pooled(made)
+    units = [(np.mean([scores[t][i][0] for t in scores]), np.mean([scores[t][i][1] for t in scores])) for i in range(3)]
+    assert row.result.n == 3 and row.result.mean == pytest.approx(np.mean([x - y for x, y in units]))
+    assert row.result.perm_p == pytest.approx(brute_force_sign_flip(np.array([x - y for x, y in units])))
+
+
 def test_holm_on_a_known_case():
     comparisons = [st.Paired(5, 0, None, None, p, True) for p in (0.01, 0.04, 0.03)]
     st.holm(comparisons)
@@ -277,3 +321,35 @@ def test_aso_column_comes_from_deepsig(runs_dir):
     [c] = compare(groups_of(runs_dir), "finetune", with_aso=True)
     a, b = [100 * s for s in SCORES["finetune+fgm"]], [100 * s for s in SCORES["finetune"]]
     assert c.result.aso == pytest.approx(deepsig.aso(a, b, num_bootstrap_iterations=200, seed=0, show_progress=False))
+
+
+def test_a_sweep_scores_each_run_as_it_finishes(tiny_model, data_dir, tmp_path, monkeypatch):
+    """`evaluate:` splits are scored as each cell finishes, so a sweep killed after its first run has that run's
+    heldout score (it was only written after the last cell before)."""
+    import yaml
+
+    from clue_runner import api
+    from clue_runner.runs import launchers
+    from clue_runner.runs import sweep as sweeps
+
+    sweep = {"name": "killed",
+             "base": {"task": "fewclue_eprstmt", "model": {"name": str(tiny_model)},
+                      "data": {"dir": str(data_dir), "max_length": 32, "max_train_examples": 16, "max_eval_examples": 16},
+                      "train": {"batch_size": 8, "max_steps": 2, "eval_every": 2}},
+             "grid": {"data.variant": ["0", "1"]}, "seeds": [1], "evaluate": ["heldout"],
+             "output_dir": str(tmp_path / "sweep")}
+    path = tmp_path / "killed.yaml"
+    path.write_text(yaml.safe_dump(sweep), encoding="utf-8")
+
+    def first_then_killed(sw, cells):  # the first cell trains (in this process), then the sweep is killed
+        api.train(cells[0].cfg, run_dir=cells[0].run_dir, log=lambda _: None)
+        yield {"run_id": cells[0].run_id, "state": "done", "dir": str(cells[0].run_dir), "seconds": 1.0}
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(launchers, "launch", first_then_killed)
+    ran = CliRunner().invoke(app, ["sweep", "--config", str(path)])
+    assert ran.exit_code == 130, ran.output  # killed (Ctrl-C)
+    first, second = sweeps.load_sweep(path).cells
+    scores = json.loads((first.run_dir / "scores.json").read_text())
+    assert scores["heldout"]["metrics"]["accuracy"] == pytest.approx(api.evaluate(first.run_dir, "heldout")["metrics"]["accuracy"])
+    assert not (second.run_dir / "run.json").exists()

@@ -100,3 +100,38 @@ def test_decoder_cls_with_lora_exports_merged_weights(arch, tiny_decoder, data_d
     before, after = load_file(str(model_dir / "model.safetensors")), load_file(str(run_dir / "best" / "model.safetensors"))
     changed = [k for k in before if k in after and not torch.equal(before[k], after[k])]
     assert changed and all(any(t in k for t in LORA_TARGETS[arch]) for k in changed)  # the adapters were merged in
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_heads_on_a_bare_decoder_read_its_last_real_token(arch, tiny_decoder, e5_dir):
+    """On a `base` backbone (multi-task runs, the choice head, `cls` pooling) a decoder's sequence vector is its
+    last real token, whatever the padding; an encoder's stays the first ([CLS]). The first token of a decoder has
+    seen nothing else, so a head reading it could not tell texts that share their first character apart."""
+    from transformers import AutoTokenizer
+
+    from clue_runner.heads import resolve_head
+    from clue_runner.models.backbone import load_backbone
+    from clue_runner.tasks import get_task
+
+    path = tiny_decoder(arch)
+    backbone = load_backbone(str(path), "base").eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    texts = ["好的很好", "好的", "好的很坏"]  # the same first characters
+    ids = [tokenizer(t)["input_ids"] for t in texts]
+    width = max(map(len, ids))
+    batch = {"input_ids": torch.tensor([x + [1] * (width - len(x)) for x in ids]),
+             "attention_mask": torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])}
+    with torch.no_grad():
+        pooled = backbone.summary(backbone(batch).last_hidden_state, batch["attention_mask"])
+        for row, x in enumerate(ids):  # brute force: each text alone, its last position
+            alone = backbone({"input_ids": torch.tensor([x]), "attention_mask": torch.ones(1, len(x), dtype=torch.long)})
+            assert torch.allclose(pooled[row], alone.last_hidden_state[0, -1], atol=1e-5)
+        head_cls, params = resolve_head(get_task("fewclue_eprstmt"), None)
+        torch.manual_seed(0)
+        logits = head_cls(backbone, get_task("fewclue_eprstmt"), params, 0.0).eval()(**batch)
+    assert not torch.allclose(logits[0], logits[2], atol=1e-4)  # texts differing only at the end
+    hidden = torch.arange(2 * 4 * 1.0).view(2, 4, 1)
+    left = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]])
+    assert backbone.summary(hidden, left)[:, 0].tolist() == [3.0, 7.0]  # left padding: the last position
+    encoder = load_backbone(str(e5_dir), "base")
+    assert not encoder.decoder and encoder.summary(hidden, left)[:, 0].tolist() == [0.0, 4.0]

@@ -286,6 +286,48 @@ def test_dry_run_writes_nothing_and_predicts_the_steps(tiny_model, data_dir, tmp
     assert result.steps == 4
 
 
+DRY_RUN_SETUPS = {  # name: (model, config changes)
+    "cls": ("bert", {}),
+    "lora": ("bert", {"methods": [{"name": "lora", "r": 4}]}),
+    "pet": ("bert-mlm", {"head": {"name": "pet"}}),
+    "icl on a decoder": ("gpt2", {"head": {"name": "icl", "k": 1}, "train": {"max_steps": 0}}),
+    "cls on a decoder": ("gpt2", {}),
+}
+
+
+@pytest.mark.parametrize("setup", list(DRY_RUN_SETUPS))
+def test_dry_run_counts_the_parameters_of_the_real_build_without_a_tokenizer(setup, tiny_model, tiny_decoder, data_dir,
+                                                                             tmp_path, monkeypatch):
+    """`parameter_plan` (what --dry-run prints) equals the built model's counts (LoRA's trainable share, PET's
+    MLM head, a decoder's) and never loads the tokenizer (most of a dry run's time on a 250k-piece vocabulary)."""
+    from clue_runner.config import build_config
+    from clue_runner.engine import build as build_mod
+    from clue_runner.engine import source as source_mod
+
+    arch, changes = DRY_RUN_SETUPS[setup]
+    model = tiny_model if arch == "bert" else tiny_decoder(arch) if arch == "gpt2" else tmp_path / "mlm"
+    if arch == "bert-mlm":  # PET needs a pretrained MLM head
+        import shutil
+
+        from transformers import BertConfig, BertForPreTraining
+
+        shutil.copytree(tiny_model, model)
+        BertForPreTraining(BertConfig.from_pretrained(tiny_model)).save_pretrained(model)
+    raw = _train_cfg(model, data_dir, tmp_path).model_dump(mode="json")
+    for key, value in changes.items():
+        raw[key] = {**raw[key], **value} if isinstance(value, dict) and isinstance(raw.get(key), dict) else value
+    cfg = build_config(raw)
+    expected = build_mod.build(cfg, device="cpu").parameter_counts()
+    if setup == "lora":
+        assert expected["trainable"] < expected["total"]
+
+    def no_tokenizer(*_):
+        raise AssertionError("a dry run loaded the tokenizer")
+
+    monkeypatch.setattr(source_mod, "load_tokenizer", no_tokenizer)
+    assert build_mod.parameter_plan(cfg) == expected
+
+
 def test_fused_adamw_on_cpu(tiny_model, data_dir, tmp_path):
     import torch
 

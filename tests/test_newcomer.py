@@ -83,6 +83,65 @@ def test_init_refuses_an_unknown_task_or_method_in_one_line():
         assert res.exit_code == 2 and word in res.output, res.output
 
 
+
+def _registered_params():
+    """(kind, name, Params) of every head and method the registries know, entry points included."""
+    from clue_runner.plugins import HEADS, METHODS
+
+    return [(reg.kind, name, reg.get(name).Params) for reg in (HEADS, METHODS) for name in reg.names()]
+
+
+def test_every_head_and_method_parameter_says_what_it_means():
+    undescribed = [f"{kind} {name}: {key}" for kind, name, params in _registered_params()
+                   for key, field in params.model_fields.items() if not (field.description or "").strip()]
+    assert not undescribed, undescribed
+    # printed as one YAML comment each by `clue-run init`
+    long = [f"{name}.{key}" for _, name, params in _registered_params() for key, field in params.model_fields.items()
+            if "\n" in field.description or len(field.description) > 90]
+    assert not long, long
+
+
+def _undescribed(section: list[str], params: type[BaseModel]) -> list[str]:
+    """The parameters of `params` with no `key: value  # description` line in `section`."""
+    keyed = {m.group(1): line for line in section if (m := re.match(r"^\s*(?:#\s+)?([a-z_]+):", line))}
+    return [key for key, field in params.model_fields.items()
+            if not keyed.get(key, "").endswith(f"  # {field.description}")]
+
+
+def _method_section(text: str, name: str) -> list[str]:
+    lines = text.split("\n# Several tasks", 1)[0].splitlines()
+    start = next(i for i, line in enumerate(lines) if re.match(rf"^  - name: {name}\s", line))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("  - ")), len(lines))
+    return lines[start + 1 : end]
+
+
+def test_init_prints_each_method_parameter_with_its_meaning():
+    from clue_runner.plugins import METHODS
+
+    text = _init("--task", "fewclue_tnews", "--method", "rdrop", "--method", "lora")
+    for name in ("rdrop", "lora"):
+        assert not _undescribed(_method_section(text, name), METHODS.get(name).Params), name
+    for name in METHODS.names():  # every method init accepts on a cls task (ptuning needs the pet head)
+        res = CliRunner().invoke(app, ["init", "--task", "fewclue_tnews", "--method", name])
+        if res.exit_code == 2 and METHODS.get(name).requires_kind is not None:
+            continue
+        assert res.exit_code == 0, res.output
+        assert not _undescribed(_method_section(res.stdout, name), METHODS.get(name).Params), name
+
+
+def test_init_prints_each_head_option_with_its_meaning():
+    from clue_runner.heads import head_name
+    from clue_runner.plugins import HEADS
+    from clue_runner.tasks import builtin_task_names, get_task
+
+    one_task_per_head = {head_name(get_task(t), None): t for t in reversed(builtin_task_names())}
+    assert {"span", "global_pointer", "multiple_choice", "embedding"} <= set(one_task_per_head)
+    for head, task in one_task_per_head.items():
+        lines = _init("--task", task).split("\nmethods:", 1)[0].splitlines()
+        options = lines[next((i for i, line in enumerate(lines) if line.startswith(f"  # {head} options")), len(lines)):]
+        assert not _undescribed(options, HEADS.get(head).Params), (task, head)
+
+
 # A bad config or model is answered before the heavy libraries load: run in a fresh interpreter.
 PROBE = """
 import sys

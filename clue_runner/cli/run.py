@@ -330,7 +330,7 @@ def model_adapt_mlm(
     labelled "adapted on N sentences"."""
     import json
 
-    from ..engine.build import task_texts
+    from ..engine.source import task_texts
     from ..models import resolve_model
     from ..models.adapt import adapt_mlm
     from ..models.trim import trim
@@ -379,7 +379,7 @@ def model_trim(
     cjk: bool = typer.Option(True, "--cjk/--no-cjk", help="Keep every single-character CJK/ASCII piece too."),
 ):
     """Keep only the vocabulary the given tasks/files use; report the size before and after."""
-    from ..engine.build import task_texts
+    from ..engine.source import task_texts
     from ..models import resolve_model
     from ..models.trim import trim
     from ..tasks import get_task

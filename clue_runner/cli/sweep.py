@@ -110,6 +110,7 @@ def sweep(
     predict_split: str = typer.Option("test", "--predict-split", help="The split --select predicts."),
 ):
     """Run a grid of experiments (skips finished runs, resumes interrupted ones, retries failed ones), then report it."""
+    from ..runs import launchers
     from ..runs import sweep as sweeps
     from ..runs.result import read_result
 
@@ -131,7 +132,7 @@ def sweep(
     since = time.time()
     with SweepDisplay(len(sw.cells), len(sw.cells) - len(todo), err) as display:
         if todo:
-            for outcome in sweeps.launch(sw, todo):
+            for outcome in launchers.launch(sw, todo):
                 if outcome is None:
                     display.update(_running(todo, since, finished))
                     continue
@@ -139,6 +140,8 @@ def sweep(
                 display.finish(outcome)
                 if outcome["state"] != "done":
                     failed.append(outcome)
+                else:  # now, so a sweep killed later keeps the scores of every run it finished
+                    _score_cell(sw, next(c for c in todo if c.run_id == outcome["run_id"]))
     _score_after(sw)
     results = {c.run_id: read_result(c.run_dir) for c in sw.cells if c.state() == "done"}
     _report(sw, results, select, predict, predict_split)
@@ -150,24 +153,30 @@ def sweep(
 
 def _score_after(sw) -> None:
     """Score every finished cell on the sweep's `evaluate:` splits it has no score for yet (a re-run fills gaps)."""
+    for cell in sw.cells:
+        if cell.state() == "done":
+            _score_cell(sw, cell)
+
+
+def _score_cell(sw, cell) -> None:
+    """One finished cell's scores on the `evaluate:` splits it lacks, into its scores.json."""
     from .. import api
     from ..runs.scores import read_scores, write_scores
     from ..tasks import get_task
 
-    for cell in sw.cells:
-        if cell.state() != "done" or not sw.config.evaluate:
+    if not sw.config.evaluate:
+        return
+    if cell.cfg.is_multitask:
+        raise ClueRunError(f"{sw.source}: evaluate: scores single-task runs only (cell {cell.index} is multi-task)")
+    for split in sw.config.evaluate:
+        if split in read_scores(cell.run_dir):
             continue
-        if cell.cfg.is_multitask:
-            raise ClueRunError(f"{sw.source}: evaluate: scores single-task runs only (cell {cell.index} is multi-task)")
-        for split in sw.config.evaluate:
-            if split in read_scores(cell.run_dir):
-                continue
-            scored = api.evaluate(cell.run_dir, split)
-            layout = get_task(cell.cfg.task).split_layout(split, cell.cfg.data.variant)
-            source = " minus ".join(filter(None, [str(layout.file), layout.exclude]))
-            write_scores(cell.run_dir, split, scored["metrics"], scored["examples"], source)
-            err.print(f"{cell.run_dir.name}: {split} ({source}) "
-                      + " ".join(f"{k}={v:.4f}" for k, v in scored["metrics"].items()), highlight=False, soft_wrap=True)
+        scored = api.evaluate(cell.run_dir, split)
+        layout = get_task(cell.cfg.task).split_layout(split, cell.cfg.data.variant)
+        source = " minus ".join(filter(None, [str(layout.file), layout.exclude]))
+        write_scores(cell.run_dir, split, scored["metrics"], scored["examples"], source)
+        err.print(f"{cell.run_dir.name}: {split} ({source}) "
+                  + " ".join(f"{k}={v:.4f}" for k, v in scored["metrics"].items()), highlight=False, soft_wrap=True)
 
 
 def _report_scored(runs, splits: list[str]) -> None:

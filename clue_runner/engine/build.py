@@ -2,7 +2,7 @@
 reloads exactly as it trained; one path for single- and multi-task configs.
 
     device    = device.pick_device(...)                        # the LOCAL_RANK GPU under a launcher, first
-    source    = model_source(cfg, checkpoint)                   # configured model (trimmed) or a run's best/
+    source    = model_source(cfg, checkpoint)                   # engine.source: configured model (trimmed) or best/
     single    : backbone = load_backbone(path, kind)            # the kind the head and methods need
                 backbone = m.wrap_model(backbone, ctx) …        # LoRA, side networks … (also on reload)
                 head     = cfg.resolved.head_cls(backbone, …)   # head.use_template(m.prompt_template(task))
@@ -16,7 +16,6 @@ nothing here resolves a name again.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar, Optional
@@ -25,22 +24,20 @@ import numpy as np
 import torch
 
 from ..config import ExperimentConfig
-from ..data.parsers import choice_text
 from ..data.splits import SplitData, load_split
-from ..errors import ClueRunError, ConfigError, DataError
 from ..features import Encoded
 from ..heads import Head, resolve_head
 from ..methods import BuildContext, Method
-from ..models import load_model_config, load_tokenizer, resolve_model
-from ..models.backbone import decoder_tokenizer, is_decoder, load_backbone
+from ..models import load_model_config, resolve_model
+from ..models.backbone import load_backbone
 from ..multitask.model import MultiTaskModel
 from ..multitask.weighting import weighting_class
-from ..paths import cache_root
 from ..tasks import TaskSpec
 from .checkpoint import load_best
 from .cuda_graphs import GraphedForward
 from .device import autocast_dtype, pick_device, seed_everything
 from .evaluate import predict_logits
+from .source import ModelSource, check_positions, example_texts, model_source, print_warning, silent
 
 
 @dataclass
@@ -81,7 +78,7 @@ class Built:
         differ = tokenization_mismatches(self.tokenizer, self.full_tokenizer, texts)
         self.vocabulary_mismatches += differ
         if differ:
-            (self.warn or _warn)(
+            (self.warn or print_warning)(
                 f"warning: {differ:,} of {len(texts):,} texts of {source} tokenize differently with the trimmed "
                 f"vocabulary than with the full {self.cfg.model.name} (pieces trimming removed); scores on them may "
                 "differ from the untrimmed model's. Train with model.trim_vocab: false (or trim on these texts too) "
@@ -134,7 +131,7 @@ def load_task_split(cfg: ExperimentConfig, task: TaskSpec, split: str, limit=Non
                       training=training, require_labels=require_labels,
                       limits=head_cls.text_limits(params, cfg.data.max_length))  # cut before any tokenizer
     if data.cut:
-        _warn(data.cut_warning())
+        print_warning(data.cut_warning())
     return data
 
 
@@ -147,74 +144,9 @@ def threshold_split_data(cfg: ExperimentConfig, task: TaskSpec, scored_split: st
     return load_task_split(cfg, task, split, data_dir=data_dir)
 
 
-def task_texts(task: TaskSpec, data_dir: Optional[str]) -> list[str]:
-    """Every input text of every split file the task has in the data directory (all variants)."""
-    texts = []
-    variants = task.data.variants or [None]
-    seen = set()
-    for split in task.data.splits:
-        for variant in variants:
-            name = str(task.split_file(split, variant))
-            if name in seen:
-                continue
-            seen.add(name)
-            try:
-                data = load_split(task, split, data_dir=data_dir, variant=variant, on_bad_row="skip")
-            except DataError:
-                continue  # e.g. a split this download does not have
-            texts += example_texts(data.examples)
-    return texts
-
-
-def example_texts(examples) -> list[str]:
-    """The input texts of examples as the featurizers see them (choices joined to their context)."""
-    texts = []
-    for ex in examples:
-        texts += [t for t in (ex.text_a, ex.text_b) if t]
-        texts += [choice_text(ex.text_a, c) for c in ex.extra.get("choices", ())]
-    return texts
-
-
-def trimmed_for_texts(model_path: str, texts: list[str], label: str, log: Callable[[str], None]) -> str:
-    """The model trimmed to `texts` (several tasks' texts in a multi-task run), cached under `label`."""
-    from ..models.trim import trim
-
-    weights = Path(model_path) / "model.safetensors"
-    key = hashlib.sha1(f"{Path(model_path).resolve()}|{weights.stat().st_mtime_ns if weights.exists() else ''}".encode())
-    for t in texts:
-        key.update(t.encode() + b"\x00")
-    out = cache_root() / "models" / f"trimmed-{label}-{key.hexdigest()[:16]}"
-    if not (out / "model.safetensors").is_file():
-        report = trim(model_path, texts, out, keep_cjk_chars=True, dtype="float32")
-        log(f"vocabulary trimmed for {label}: {report.pieces_before:,} → {report.pieces_after:,} pieces, "
-            f"{report.params_before / 1e6:.1f}M → {report.params_after / 1e6:.1f}M parameters ({out})")
-    return str(out)
-
-
-def silent(message: str) -> None:
-    pass
-
-
 def parameter_counts(model) -> dict:
     params = list(model.parameters())
     return {"total": sum(p.numel() for p in params), "trainable": sum(p.numel() for p in params if p.requires_grad)}
-
-
-def check_positions(cfg: ExperimentConfig, model_path: str, methods: list[Method], log: Callable[[str], None]) -> None:
-    """Refuse a `data.max_length` the model's learned position table cannot hold (a hint to long_positions)."""
-    from ..models.positions import is_rotary, usable_positions
-
-    config = load_model_config(model_path, cfg.model.name)
-    usable = usable_positions(config)
-    extended = max((m.max_positions() or 0 for m in methods), default=0)
-    if usable is None or cfg.data.max_length <= max(usable, extended):
-        return
-    if is_rotary(config):
-        log(f"{cfg.model.name}: rotary positions, no learned table: runs at {cfg.data.max_length} tokens as it is")
-        return
-    raise ConfigError(f"data.max_length {cfg.data.max_length} exceeds the {usable} positions of {cfg.model.name}; "
-                      f"add methods: [{{name: long_positions, max_positions: {cfg.data.max_length}}}] "
-                      "or use a shorter max_length")
 
 
 def model_for(task: TaskSpec, model_path: str, head_cfg=None, dropout: float = 0.1, methods: list[Method] = (),
@@ -254,22 +186,6 @@ def model_for(task: TaskSpec, model_path: str, head_cfg=None, dropout: float = 0
     return model
 
 
-@dataclass
-class ModelSource:
-    """Where the backbone loads from: the configured model (its vocabulary trimmed to the tasks' texts
-    when that is on), or a run's best/ (`checkpoint`)."""
-
-    path: str
-    tokenizer: object
-    name: str  # how load messages name it
-    checkpoint: Optional[Path] = None
-    full_tokenizer: object = None  # reload of a trimmed run: the untrimmed tokenizer, to count mismatches
-
-    @property
-    def training(self) -> bool:
-        return self.checkpoint is None
-
-
 def build(cfg: ExperimentConfig, checkpoint: Optional[Path] = None, device: str = "auto",
           log: Callable[[str], None] = silent):
     """Assemble the model of `cfg`: from its configured model to train, or from a run's `best/`
@@ -284,29 +200,14 @@ def build(cfg: ExperimentConfig, checkpoint: Optional[Path] = None, device: str 
     return built
 
 
-def model_source(cfg: ExperimentConfig, checkpoint: Optional[Path], log: Callable[[str], None]) -> ModelSource:
-    if checkpoint is not None:
-        tokenizer = padded_tokenizer(str(checkpoint))
-        return ModelSource(str(checkpoint), tokenizer, str(checkpoint), Path(checkpoint),
-                           untrimmed_tokenizer(cfg, tokenizer))
+def parameter_plan(cfg: ExperimentConfig) -> dict:
+    """`train --dry-run`'s parameter counts: the model `cfg` would train, on its configured (untrimmed)
+    vocabulary, built on the CPU without loading the tokenizer (its 1-2 s is most of a dry run)."""
     model_path = resolve_model(cfg.model.name)
-    configs = cfg.task_configs().values()
-    for tc in configs:
-        check_positions(tc, model_path, tc.resolved.method_prototypes, log)  # before any cache is written
-    # auto on a vocabulary that cannot or need not be trimmed: kept whole, silently (`train --dry-run` says why)
-    if cfg.model.trim_vocab and not trim_skip(cfg, model_path):
-        texts = [t for tc in configs for t in task_texts(tc.resolved.task, tc.data.dir)]
-        model_path = trimmed_for_texts(model_path, texts, "+".join(tc.resolved.task.name for tc in configs), log)
-    return ModelSource(model_path, padded_tokenizer(model_path), cfg.model.name)
-
-
-def padded_tokenizer(model_path: str):
-    """The model's tokenizer; a decoder's pads with EOS where it has no pad token, on the right as
-    batches are padded (features.batching), and best/ saves it so for plain transformers."""
-    tokenizer = load_tokenizer(model_path)
-    if is_decoder(load_model_config(model_path)):
-        decoder_tokenizer(tokenizer, "right")
-    return tokenizer
+    for tc in cfg.task_configs().values():
+        check_positions(tc, model_path, tc.resolved.method_prototypes, silent)
+    source = ModelSource(model_path, None, cfg.model.name)
+    return (assemble_multitask if cfg.is_multitask else assemble)(cfg, source, silent).parameter_counts()
 
 
 def assemble(cfg: ExperimentConfig, source: ModelSource, log: Callable[[str], None]) -> Built:
@@ -317,7 +218,7 @@ def assemble(cfg: ExperimentConfig, source: ModelSource, log: Callable[[str], No
     model = model_for(task, source.path, dropout=cfg.model.dropout, methods=methods, ctx=ctx,
                       allow_random_init=cfg.model.allow_random_init, seed=cfg.train.seed, name=source.name,
                       log=log if source.training else silent, max_length=cfg.data.max_length,
-                      head=(resolved.head_cls, resolved.head_params), pad_token_id=source.tokenizer.pad_token_id)
+                      head=(resolved.head_cls, resolved.head_params), pad_token_id=source.pad_token_id)
     model.bind_data(cfg.data)
     featurize, predict = model.featurize, model.predict
     report = model.backbone.load_report
@@ -382,30 +283,3 @@ def assemble_multitask(cfg: ExperimentConfig, source: ModelSource, log: Callable
     return MultiBuilt(cfg, views, model, source.tokenizer, source.path, report)
 
 
-def trim_skip(cfg: ExperimentConfig, model_path: str) -> Optional[str]:
-    """Why `trim_vocab: auto` keeps this model's vocabulary whole (None: trim, or trimming is off)."""
-    from ..models.trim import trim_skip_reason
-
-    return trim_skip_reason(model_path) if cfg.model.trim_vocab == "auto" else None
-
-
-def untrimmed_tokenizer(cfg: ExperimentConfig, tokenizer):
-    """The configured model's full tokenizer when the run trained on a trimmed vocabulary, so text the
-    trimmed vocabulary splits differently is counted; None when the vocabulary was not trimmed."""
-    if not cfg.model.trim_vocab:
-        return None
-    try:
-        full_path = resolve_model(cfg.model.name)
-        if trim_skip(cfg, full_path):
-            return None
-        full = load_tokenizer(full_path)
-    except ClueRunError as err:
-        _warn(f"warning: cannot load the untrimmed tokenizer of {cfg.model.name} to check the trimmed vocabulary: {err}")
-        return None
-    return full if len(full) != len(tokenizer) else None
-
-
-def _warn(message: str) -> None:
-    from rich.console import Console
-
-    Console(stderr=True).print(message, highlight=False, markup=False, soft_wrap=True)

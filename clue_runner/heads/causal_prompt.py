@@ -34,11 +34,12 @@ from . import Head, Params
 
 
 class PtuningGptParams(Params):
-    prompt_length: int = Field(8, ge=1)  # prompt vectors (a pair's texts are separated by one of them)
-    before: int = Field(4, ge=0)  # how many precede the text
-    loss: Literal["labels", "lm"] = "labels"
-    train_backbone: bool = False
-    label_words: Optional[dict[str, str]] = None  # label value -> word, over the task's prompt.label_words
+    prompt_length: int = Field(8, ge=1, description="trained prompt vectors (one separates a pair's texts)")
+    before: int = Field(4, ge=0, description="how many prompt vectors precede the text")
+    loss: Literal["labels", "lm"] = Field(
+        "labels", description="cross-entropy over the labels' scores, or lm: the gold word's LM loss")
+    train_backbone: bool = Field(False, description="train the backbone too (false: frozen, only the prompt trains)")
+    label_words: Optional[dict[str, str]] = Field(None, description="label value -> word, over the task's prompt.label_words")
 
 
 class PtuningGptHead(Head):

@@ -11,6 +11,7 @@ from typing import Literal, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from ..data.parsers import choice_text
@@ -19,7 +20,8 @@ from . import MASKED, Head, Params
 
 
 class ChoiceParams(Params):
-    decode: Literal["argmax", "hungarian"] = "argmax"  # hungarian: one candidate per blank within a passage
+    decode: Literal["argmax", "hungarian"] = Field(
+        "argmax", description="argmax per question, or hungarian: one candidate per blank of a passage")
 
 
 class MultipleChoiceHead(Head):
@@ -52,7 +54,7 @@ class MultipleChoiceHead(Head):
                        meta={"groups": np.array([ex.extra["row"] for ex in examples])})
 
     def forward(self, choice_mask: torch.Tensor, **batch) -> torch.Tensor:
-        hidden = self.backbone_outputs(batch).last_hidden_state[:, 0]
+        hidden = self.backbone.summary(self.backbone_outputs(batch).last_hidden_state, batch["attention_mask"])
         scores = self.scorer(self.dropout(hidden)).float().view(choice_mask.shape)
         return scores.masked_fill(~choice_mask, MASKED)
 

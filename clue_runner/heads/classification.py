@@ -42,8 +42,8 @@ class ClsHead(Head):
     def forward(self, **batch) -> torch.Tensor:
         if self.classifier is None:
             return self.backbone.classify(batch)
-        hidden = self.backbone_outputs(batch).last_hidden_state
-        return self.classifier(self.dropout(hidden[:, 0]))
+        hidden = self.backbone.summary(self.backbone_outputs(batch).last_hidden_state, batch["attention_mask"])
+        return self.classifier(self.dropout(hidden))
 
     def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
         labels = batch["labels"]

@@ -17,12 +17,14 @@ from .layers.whitening import apply_whitening, cosine_scores, fit_whitening
 
 
 class EmbeddingParams(Params):
-    pooling: Literal["cls", "mean", "last2avg", "first_last_avg"] = "mean"
-    loss: Literal["cosent", "sbert", "contrastive", "simcse"] = "cosent"
-    scale: float = Field(20.0, gt=0)  # CoSENT λ
-    temperature: float = Field(0.05, gt=0)  # contrastive / SimCSE
-    whitening: bool = False  # BERT-whitening fitted on the evaluated split's own sentences
-    whitening_dim: Optional[int] = Field(None, ge=1)  # keep the top-k whitened components
+    pooling: Literal["cls", "mean", "last2avg", "first_last_avg"] = Field(
+        "mean", description="cls: the first token; mean / last2avg / first_last_avg: token mean of those layers")
+    loss: Literal["cosent", "sbert", "contrastive", "simcse"] = Field(
+        "cosent", description="CoSENT, Sentence-BERT softmax, in-batch contrastive, or SimCSE (needs no labels)")
+    scale: float = Field(20.0, gt=0, description="CoSENT's λ: cosine differences are multiplied by it")
+    temperature: float = Field(0.05, gt=0, description="softmax temperature of the contrastive and SimCSE losses")
+    whitening: bool = Field(False, description="BERT-whitening fitted on the evaluated split's own sentences")
+    whitening_dim: Optional[int] = Field(None, ge=1, description="whitened components kept, the top k (null: all)")
 
 
 class EmbeddingHead(Head):
@@ -58,8 +60,8 @@ class EmbeddingHead(Head):
     def pool(self, batch: dict, prefix: str = "") -> torch.Tensor:
         pooling = self.params.pooling
         out = self.backbone_outputs(batch, prefix, hidden_states=pooling in ("last2avg", "first_last_avg"))
-        if pooling == "cls":
-            return out.last_hidden_state[:, 0]
+        if pooling == "cls":  # a decoder's last real token (Backbone.summary)
+            return self.backbone.summary(out.last_hidden_state, batch[f"{prefix}attention_mask"])
         if pooling == "mean":
             hidden = out.last_hidden_state
         elif pooling == "last2avg":

@@ -17,10 +17,11 @@ from .layers.global_pointer import GlobalPointer, decode_spans, global_pointer_l
 
 
 class PointerParams(Params):
-    head_size: int = Field(64, ge=2, multiple_of=2)
-    efficient: bool = False  # Efficient GlobalPointer (kexue.fm/archives/8877): fewer parameters
-    flat: bool = False  # decode non-overlapping entities only (default: nested allowed)
-    threshold: float = 0.0
+    head_size: int = Field(64, ge=2, multiple_of=2, description="query/key width of the span scorer (even: rotary positions turn pairs)")
+    # Efficient GlobalPointer: kexue.fm/archives/8877
+    efficient: bool = Field(False, description="Efficient GlobalPointer: one projection shared by all types, fewer weights")
+    flat: bool = Field(False, description="decode non-overlapping entities only (false: nested entities allowed)")
+    threshold: float = Field(0.0, description="a span is an entity when its score is above this")
 
 
 class GlobalPointerHead(Head):

@@ -34,16 +34,17 @@ from . import MASKED, Head
 
 class IclParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    template: Optional[str] = None  # a template name of the task's lm: block (default: its default)
-    prompt: Optional[str] = None  # or your own template: the query's context ({text_a}, {text_b})
-    answer: str = "{label}"  # … and the continuation ({label})
-    k: int = Field(0, ge=0)  # demonstrations per query
-    seed: int = 0  # draws the demonstrations
-    balanced: bool = False  # demonstrations take the labels in turn
-    demo_split: str = "train"
-    normalize: Literal["sum", "mean", "char"] = "sum"
-    calibrate: bool = False
-    padding_side: Literal["left", "right"] = "left"
+    template: Optional[str] = Field(None, description="a template name of the task's lm: block (null: its default)")
+    prompt: Optional[str] = Field(None, description="your own query template instead ({text_a}, {text_b})")
+    answer: str = Field("{label}", description="the continuation scored after `prompt` ({label})")
+    k: int = Field(0, ge=0, description="demonstrations per query (0: zero-shot)")
+    seed: int = Field(0, description="seed of the demonstrations drawn per query")
+    balanced: bool = Field(False, description="demonstrations take the labels in turn")
+    demo_split: str = Field("train", description="the split demonstrations are drawn from (never the query itself)")
+    normalize: Literal["sum", "mean", "char"] = Field(
+        "sum", description="a label's log-likelihood: total, per token (mean) or per character (char)")
+    calibrate: bool = Field(False, description="subtract each label's score after a content-free 'N/A' query (class labels)")
+    padding_side: Literal["left", "right"] = Field("left", description="how contexts are padded (right gives the same scores)")
 
 
 class IclHead(Head):

@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ConfigError
 from ..features import Encoded
@@ -30,14 +30,17 @@ from . import MASKED, Head
 
 class PetParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    template: Optional[str] = None  # a template name of the task's prompt (default: its first)
-    pattern: Optional[str] = None  # or a template of your own ({text_a}, {text_b}, one [MASK]; cloze: {before_blank}[MASK]{after_blank})
-    label_words: Optional[dict[str, str]] = None  # label value -> word, over the task's
+    template: Optional[str] = Field(None, description="a template name of the task's prompt: block (null: its default)")
+    # cloze tasks: {before_blank}[MASK]{after_blank}
+    pattern: Optional[str] = Field(None, description="your own template instead: {text_a}, {text_b}, one [MASK]")
+    label_words: Optional[dict[str, str]] = Field(
+        None, description="label value -> word, over the task's prompt.label_words (equal lengths)")
     # Semi-supervised PET: rows of this split (no labels) join training; every training row then
     # also gets BERT's random masking and its MLM loss, in the same step (bojone/Pattern-Exploiting-Training).
-    unlabeled_split: Optional[str] = None
-    unlabeled_examples: Optional[int] = None  # at most this many of them (the first)
-    mlm_probability: float = 0.15
+    unlabeled_split: Optional[str] = Field(
+        None, description="semi-supervised: this split trains unlabelled, every row adds an MLM loss")
+    unlabeled_examples: Optional[int] = Field(None, description="at most this many unlabelled rows, the first (null: all)")
+    mlm_probability: float = Field(0.15, description="share of tokens chosen for BERT's random masking (with unlabeled_split)")
 
 
 def _prompt(task):
@@ -165,7 +168,8 @@ class PetHead(Head):
 
 class NspParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    template: Optional[str] = None  # an NSP template name of the task (default: its last, as the reference)
+    # default: the task's nsp default, else its last template (as the reference)
+    template: Optional[str] = Field(None, description="an NSP template name of the task's prompt.nsp (null: its default)")
 
 
 class NspHead(Head):

@@ -18,14 +18,13 @@ from . import MASKED, Head, Params
 
 
 class SpanParams(Params):
-    stride: int = Field(128, ge=1)  # tokens shared by consecutive windows of a long context
-    max_answer_tokens: int = Field(64, ge=1)
-    top_k: int = Field(20, ge=1)  # start and end candidates tried per window
-    # Keep only the first N windows of each context (1: plain truncation at data.max_length); None keeps all.
-    max_windows: Optional[int] = Field(None, ge=1)
+    stride: int = Field(128, ge=1, description="tokens shared by consecutive windows of a long context")
+    max_answer_tokens: int = Field(64, ge=1, description="longest answer span decoded, in tokens")
+    top_k: int = Field(20, ge=1, description="start and end candidates tried per window")
+    max_windows: Optional[int] = Field(None, ge=1, description="read only a context's first N windows (1: truncate; null: all)")
     # Without max_windows every window of a context is read, so a context is kept whole: a longer one is a
     # bad row (data.on_bad_row), as tokenizing it takes memory in proportion (~600 bytes per character).
-    max_context_chars: int = Field(100_000, ge=1)
+    max_context_chars: int = Field(100_000, ge=1, description="without max_windows: longest context in characters (longer: a bad row)")
 
 
 class SpanHead(Head):

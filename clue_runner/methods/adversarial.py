@@ -15,7 +15,7 @@ from . import Method, Params
 
 
 class FGMParams(Params):
-    epsilon: float = Field(1.0, gt=0, allow_inf_nan=False)
+    epsilon: float = Field(1.0, gt=0, allow_inf_nan=False, description="L2 norm of the perturbation of the batch's word embeddings")
 
 
 def embedding_grad_conflict(method: Method, needs: str, others: list[Method]):
@@ -70,7 +70,7 @@ class FGM(Method):
 
 
 class GradientPenaltyParams(Params):
-    epsilon: float = Field(1.0, gt=0, allow_inf_nan=False)
+    epsilon: float = Field(1.0, gt=0, allow_inf_nan=False, description="weight ε of the penalty ½·ε·Σ‖∂L/∂e‖²")
 
 
 class GradientPenalty(Method):

@@ -34,8 +34,8 @@ _LAYER = re.compile(r"(^|\.)layers?\.\d+\.")
 
 
 class ChildTuningParams(Params):
-    mode: Literal["F", "D"] = "D"
-    reserve: float = Field(0.3, gt=0, le=1, allow_inf_nan=False)  # the share of gradient entries kept
+    mode: Literal["F", "D"] = Field("D", description="F: a fresh random gradient mask each step; D: one Fisher mask on encoder layers")
+    reserve: float = Field(0.3, gt=0, le=1, allow_inf_nan=False, description="the share of gradient entries kept")
 
 
 def encoder_layer_parameters(model) -> list[tuple[str, torch.nn.Parameter]]:

@@ -11,9 +11,10 @@ from . import Method, Params
 
 
 class LongPositionsParams(Params):
-    max_positions: int = Field(1024, ge=2, le=262144)
-    mode: Literal["hierarchical", "interpolate", "copy"] = "hierarchical"
-    alpha: float = Field(0.4, gt=0, lt=1, allow_inf_nan=False)  # hierarchical only
+    max_positions: int = Field(1024, ge=2, le=262144, description="tokens the position table holds once extended")
+    mode: Literal["hierarchical", "interpolate", "copy"] = Field(
+        "hierarchical", description="hierarchical (positions < n unchanged), interpolate, or copy (row k mod n)")
+    alpha: float = Field(0.4, gt=0, lt=1, allow_inf_nan=False, description="hierarchical only: α in emb(i·n + j) = α·u_i + (1 − α)·u_j")
 
 
 class LongPositions(Method):

@@ -14,12 +14,13 @@ from . import Method, Params
 
 
 class LoRAParams(Params):
-    r: int = Field(8, ge=1)
-    alpha: float = Field(16, gt=0, allow_inf_nan=False)
-    dropout: float = Field(0.05, ge=0, lt=1)
+    r: int = Field(8, ge=1, description="rank of the adapters")
+    alpha: float = Field(16, gt=0, allow_inf_nan=False, description="scaling: an adapter's update is multiplied by alpha / r")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapters' input")
     # auto: peft's defaults for the architecture (BERT/RoBERTa: query, value); else module names
-    target_modules: Union[Literal["auto"], list[str]] = "auto"
-    lr: Optional[float] = Field(None, gt=0, le=1, allow_inf_nan=False)  # the adapters' learning rate (default train.lr)
+    target_modules: Union[Literal["auto"], list[str]] = Field(
+        "auto", description="modules adapted: auto (peft's defaults for the model) or a list of names")
+    lr: Optional[float] = Field(None, gt=0, le=1, allow_inf_nan=False, description="the adapters' learning rate (null: train.lr)")
 
 
 def default_targets(model_type: str) -> Optional[list[str]]:

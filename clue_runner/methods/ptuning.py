@@ -16,17 +16,20 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from . import Method, Params
 
 
 class PTuningParams(Params):
-    variant: Literal["embeddings", "encoder"] = "embeddings"
-    prompt_length: int = 8  # prompt vectors (the masks come on top)
-    mask_at: int = 4  # how many prompt vectors precede the [MASK]s
-    encoder: Literal["lstm", "mlp"] = "lstm"  # the `encoder` variant's prompt encoder
-    lr: float = 6e-4  # the prompt vectors' learning rate (bojone: Adam 6e-4)
+    variant: Literal["embeddings", "encoder"] = Field(
+        "embeddings", description="embeddings: vectors alone, model frozen; encoder: prompt encoder, all trains")
+    prompt_length: int = Field(8, description="prompt vectors (the label word's [MASK]s come on top)")
+    mask_at: int = Field(4, description="how many prompt vectors precede the [MASK]s")
+    encoder: Literal["lstm", "mlp"] = Field("lstm", description="the encoder variant's prompt encoder: BiLSTM + MLP, or MLP")
+    # bojone: Adam 6e-4
+    lr: float = Field(6e-4, description="learning rate of the prompt vectors (and prompt encoder)")
 
 
 class PromptedBackbone(nn.Module):

@@ -9,7 +9,7 @@ from . import Method, Params
 
 
 class RDropParams(Params):
-    alpha: float = Field(4.0, ge=0, allow_inf_nan=False)
+    alpha: float = Field(4.0, ge=0, allow_inf_nan=False, description="weight of the symmetric KL between the two passes")
 
 
 class RDrop(Method):

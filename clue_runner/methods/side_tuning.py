@@ -34,15 +34,17 @@ GATE_T = 0.1  # the paper's gate temperature
 
 
 class LSTParams(Params):
-    hidden: int = Field(128, ge=8)
-    layers: int = Field(4, ge=1)
-    heads: int = Field(4, ge=1)
-    ffn: int = Field(512, ge=8)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    # 0-based backbone layers whose outputs feed side layers 1..n; default evenly spaced, ending at the last
-    feed_layers: Optional[list[int]] = None
-    gate: bool = False  # the paper's learnable gate sigmoid(α/0.1), α = 0 at start; False = Su's plain sum
-    lr: Optional[float] = Field(None, gt=0, le=1, allow_inf_nan=False)  # side network's learning rate (default head_lr or lr)
+    hidden: int = Field(128, ge=8, description="width of the side transformer (a multiple of heads)")
+    layers: int = Field(4, ge=1, description="side transformer layers")
+    heads: int = Field(4, ge=1, description="attention heads per side layer")
+    ffn: int = Field(512, ge=8, description="feed-forward width of a side layer")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout in the side layers")
+    feed_layers: Optional[list[int]] = Field(
+        None, description="0-based backbone layers feeding side layers 1..n (null: evenly spaced to the last)")
+    # the paper's gate sigmoid(α/0.1), α = 0 at start
+    gate: bool = Field(False, description="the paper's learnable gate on each ladder (false: Su's plain sum)")
+    lr: Optional[float] = Field(None, gt=0, le=1, allow_inf_nan=False,
+                                description="the side network's learning rate (null: train.head_lr or train.lr)")
 
 
 def default_feed(backbone_layers: int, side_layers: int) -> list[int]:

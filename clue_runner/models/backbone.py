@@ -104,6 +104,7 @@ class Backbone(nn.Module):
         if kind not in KINDS:
             raise ValueError(f"unknown backbone kind {kind!r}")
         self.model, self.kind = model, kind
+        self.decoder = is_decoder(model.config)
         self.load_report: Optional[LoadReport] = None
 
     @property
@@ -145,6 +146,16 @@ class Backbone(nn.Module):
         """The encoder's outputs (`last_hidden_state`, and `hidden_states` when asked) for one segment
         of a batch (`prefix` "" or "b_" for a bi-encoder's second sentence)."""
         return self.encoder(**self._inputs(batch, prefix), output_hidden_states=hidden_states)
+
+    def summary(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The one hidden state [B, H] a head reads for a whole sequence: an encoder's first token
+        ([CLS]); a decoder's last real token, the only one that has attended to all of the text (as
+        transformers' decoder *ForSequenceClassification reads it), wherever the padding sits."""
+        if not self.decoder:
+            return hidden[:, 0]
+        positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+        last = (attention_mask.long() * positions).argmax(-1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
     def classify(self, batch: dict) -> torch.Tensor:
         """Logits of the architecture's own sequence-classification head."""

@@ -2,7 +2,9 @@
 
 Runs pair on (split, seed) within a task: a system's run with seed s on FewCLUE split i against the
 reference's run with the same seed on the same split. Both systems must have the same set of pairs on
-a task, else the comparison is refused (one line naming both sets). Statistics: report/stats.py.
+a task, else the comparison is refused (one line naming both sets). A system compared with the reference
+on two or more tasks gets one more row, "all tasks (k)": every pair of those tasks together, as a
+benchmark's average over its tasks (each task's main metric). Statistics: report/stats.py.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from . import Group, Run
 from .stats import Bootstrap, Paired, aso, holm, paired, paired_bootstrap
 
 ALL = "all"
+POOLED = "all tasks"
 
 
 @dataclass
@@ -25,8 +28,10 @@ class Comparison:
     metric: str
     system: str  # "model · method", as the report's rows
     reference: str
-    keys: list[tuple]  # the (split, seed) pairs
+    keys: list[tuple]  # the (split, seed) pairs; (task, split, seed) in an all-tasks row
     result: Paired
+    scores: list[tuple[float, float]]  # (system, reference) score of each pair, in the order of `keys`
+    runs: list[tuple[str, str]]  # (system, reference) run of each pair: a multi-task run scores several tasks
     bootstrap: Optional[Bootstrap] = None
     bootstrap_note: str = ""  # why there is no example-level test
 
@@ -101,7 +106,8 @@ def _compare_pair(system: Group, ref: Group, with_aso: bool, no_examples: str) -
     result = paired([a[k][1] for k in keys], [b[k][1] for k in keys])
     if with_aso:
         result.aso = aso([a[k][1] for k in keys], [b[k][1] for k in keys])
-    comparison = Comparison(system.task, system.metric, label(system), label(ref), keys, result)
+    comparison = Comparison(system.task, system.metric, label(system), label(ref), keys, result,
+                            [(a[k][1], b[k][1]) for k in keys], [(str(a[k][0].path), str(b[k][0].path)) for k in keys])
     if no_examples:
         comparison.bootstrap_note = no_examples
     else:
@@ -141,8 +147,58 @@ def compare(groups: list[Group], reference: str, with_aso: bool = False, no_exam
             comparisons += [_compare_pair(systems[o], systems[ref], with_aso, no_examples) for o in others if o in systems and o != ref]
     if not comparisons:
         raise ClueRunError(f"--compare {reference!r}: no task has both the reference and another system")
+    comparisons += pooled(comparisons, with_aso)
     holm([c.result for c in comparisons])
     return comparisons
+
+
+def pooled(comparisons: list[Comparison], with_aso: bool = False) -> list[Comparison]:
+    """Per system × reference compared on two or more tasks, one comparison over all their pairs (task,
+    split, seed): Δ is the mean of every task's main-metric differences, as a benchmark averages its tasks.
+    Pairs that share a run (a multi-task run scores all its tasks) are not independent: they are averaged
+    into one unit first, and n counts units."""
+    by_systems: dict[tuple[str, str], list[Comparison]] = {}
+    for c in comparisons:
+        by_systems.setdefault((c.system, c.reference), []).append(c)
+    rows = []
+    for (system, reference), group in by_systems.items():
+        if len(group) < 2:
+            continue
+        units = independent_units([r for c in group for r in c.runs])
+        pairs = [s for c in group for s in c.scores]
+        a = [sum(pairs[i][0] for i in unit) / len(unit) for unit in units]
+        b = [sum(pairs[i][1] for i in unit) / len(unit) for unit in units]
+        result = paired(a, b)
+        if with_aso:
+            result.aso = aso(a, b)
+        rows.append(Comparison(f"{POOLED} ({len(group)})", "main metric", system, reference,
+                               [(c.task, *k) for c in group for k in c.keys], result, list(zip(a, b)),
+                               [r for c in group for r in c.runs],
+                               bootstrap_note="an all-tasks row pools runs of different tasks and metrics"))
+    return rows
+
+
+def independent_units(runs: list[tuple[str, str]]) -> list[list[int]]:
+    """Indices of pairs grouped so that no two groups share a run (connected components over shared runs)."""
+    parent = list(range(len(runs)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[str, int] = {}
+    for i, pair in enumerate(runs):
+        for path in pair:
+            if path in first:
+                parent[root(i)] = root(first[path])
+            else:
+                first[path] = i
+    units: dict[int, list[int]] = {}
+    for i in range(len(runs)):
+        units.setdefault(root(i), []).append(i)
+    return list(units.values())
 
 
 # -- output ----------------------------------------------------------------------------------
@@ -178,6 +234,10 @@ def footnote(comparisons: list[Comparison], aso_asked: bool = False, aso_availab
         f"p sign-flip: paired permutation test of the mean difference (scipy.stats.permutation_test, "
         f"permutation_type='samples', two-sided), exact over all 2^n sign flips for n ≤ {EXACT_MAX}, else "
         f"{RESAMPLES:,} random flips with seed 0 (MC). p t: paired t-test (scipy.stats.ttest_rel), shown beside it.",
+        *([f"{POOLED} (k): the pairs of all k tasks a system shares with its reference, each task's main metric, "
+           "so Δ is the difference of the k-task average score (as FewCLUE averages its tasks); pairs that share a "
+           "run (a multi-task run scores all its tasks) are averaged into one unit first and n counts units; one more "
+           "comparison in Holm's family."] if any(c.task.startswith(POOLED) for c in comparisons) else []),
         "p Holm: Holm's step-down correction of the sign-flip p over every comparison shown (statsmodels "
         "multipletests, method='holm'); * marks p Holm < 0.05.",
         f"Δ examples: paired bootstrap over examples (scipy.stats.bootstrap, {BOOTSTRAP_RESAMPLES} resamples, "
@@ -208,7 +268,8 @@ def to_dicts(comparisons: list[Comparison]) -> list[dict]:
     for c in comparisons:
         r, b = c.result, c.bootstrap
         out.append({"task": c.task, "metric": c.metric, "system": c.system, "reference": c.reference,
-                    "pairs": [{"split": v, "seed": s} for v, s in c.keys], "n": r.n, "mean_difference": r.mean,
+                    "pairs": [dict(zip(("task", "split", "seed")[-len(k):], k)) for k in c.keys], "n": r.n,
+                    "mean_difference": r.mean,
                     "ci95": list(r.interval) if r.interval else None, "p_sign_flip": r.perm_p, "exact": r.exact,
                     "p_t": r.t_p, "p_holm": r.holm_p, "significant": r.significant, "aso_epsilon": r.aso,
                     "bootstrap": None if b is None else {"mean_difference": b.mean, "ci95": list(b.interval),

@@ -190,7 +190,8 @@ def dry_run(cfg: ExperimentConfig) -> dict:
     """The plan of `train` without training or writing (see `api.dry_run`)."""
     import math
 
-    from ..engine.build import build, trim_skip
+    from ..engine.build import parameter_plan
+    from ..engine.source import trim_skip
     from ..models import resolve_model
 
     splits, batches = {}, {}
@@ -202,9 +203,7 @@ def dry_run(cfg: ExperimentConfig) -> dict:
         batches[name] = math.ceil(n_train / cfg.train.batch_size)
     model_path = resolve_model(cfg.model.name)
     skip = trim_skip(cfg, model_path)
-    untrimmed = cfg.model_copy(deep=True)
-    untrimmed.model.trim_vocab = False
-    counts = build(untrimmed, device="cpu").parameter_counts()
+    counts = parameter_plan(cfg)
     # micro-batches per epoch as multitask.schedule counts them: all tasks per step, or one drawn task
     per_step_all = cfg.is_multitask and cfg.multitask.per_step == "all"
     per_epoch = max(batches.values()) if per_step_all else sum(batches.values())
