@@ -174,6 +174,6 @@ def test_kshot_beats_zero_shot_on_a_mapping_only_the_demonstrations_show():
     scores = kshot_scores(model, tokenizer, shots=(0, 1, 4))
     mean = {k: (scores[0][k] + scores[1][k]) / 2 for k in scores[0]}
     print(f"synthetic recall: {scores}, mean {mean}")
-    assert mean[0] == 0.5, mean
+    assert mean[0] == pytest.approx(0.5), mean  # by construction (see kshot_scores)
     assert mean[1] >= 0.6, mean  # exact recall: 0.75 (the one demonstration shows the query's key half the time)
     assert mean[4] >= 0.8, mean  # recalling from the first line only gives 0.75; any line: 1.0
