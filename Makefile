@@ -37,7 +37,7 @@ clean:
 REPORT_H100 := results/examples/h100 --throughput --baselines bert4keras,fewclue --format markdown
 REPORT_STS := results/examples/cpu-sts --task stsb,lcqmc,pawsx,bq,atec --baselines cosent,unsup-sts --format markdown
 REPORT_STRUCTURED := results/examples/cpu-structured --task cmrc2018,c3,fewclue_chid,cluener --throughput --baselines bert4keras,fewclue --format markdown
-REPORT_METHODS := results/examples/cpu-methods --task fewclue_eprstmt,fewclue_tnews,ocnli --throughput --format markdown
+REPORT_METHODS := results/examples/fewclue-methods --format markdown
 REPORT_PROMPTS := results/examples/cpu-prompts --task fewclue_eprstmt,fewclue_tnews,fewclue_csldcp,fewclue_bustm,fewclue_ocnli,fewclue_csl --baselines fewclue --format markdown
 REPORT_MULTITASK := results/examples/cpu-multitask --task fewclue_tnews,fewclue_csldcp,fewclue_iflytek --throughput --format markdown
 REPORT_MULTITASK_300 := results/examples/cpu-multitask-300 --task fewclue_tnews,fewclue_csldcp,fewclue_iflytek --throughput --format markdown
@@ -50,8 +50,12 @@ docs: install
 	  $(BIN)/clue-run report $(REPORT_STS) --plot docs/sts-cpu.png; } > docs/STS.md
 	{ cat docs/STRUCTURED.head.md; echo '```'; echo '$$ clue-run report $(REPORT_STRUCTURED)'; echo '```'; echo; \
 	  $(BIN)/clue-run report $(REPORT_STRUCTURED) --plot docs/structured-cpu.png; } > docs/STRUCTURED.md
-	{ cat docs/METHODS.head.md; echo '```'; echo '$$ clue-run report $(REPORT_METHODS)'; echo '```'; echo; \
-	  $(BIN)/clue-run report $(REPORT_METHODS) --plot docs/methods-cpu.png; } > docs/METHODS.md
+	{ cat docs/METHODS.head.md; echo '```'; echo '$$ clue-run report $(REPORT_METHODS) --compare finetune'; echo '```'; echo; \
+	  $(BIN)/clue-run report $(REPORT_METHODS) --compare finetune --plot docs/methods-compare.png; echo; \
+	  echo '```'; echo '$$ clue-run report $(REPORT_METHODS) --compare finetune --scored-on heldout'; echo '```'; echo; \
+	  $(BIN)/clue-run report $(REPORT_METHODS) --compare finetune --scored-on heldout; echo; \
+	  echo '```'; echo '$$ clue-run report $(REPORT_METHODS) --throughput'; echo '```'; echo; \
+	  $(BIN)/clue-run report $(REPORT_METHODS) --throughput; echo; cat docs/METHODS.costs.md; } > docs/METHODS.md
 	{ cat docs/PROMPTS.head.md; echo '```'; echo '$$ clue-run report $(REPORT_PROMPTS)'; echo '```'; echo; \
 	  $(BIN)/clue-run report $(REPORT_PROMPTS) --plot docs/prompts-cpu.png; } > docs/PROMPTS.md
 	{ cat docs/MULTITASK.head.md; echo '```'; echo '$$ clue-run report $(REPORT_MULTITASK) --compare finetune'; echo '```'; echo; \
