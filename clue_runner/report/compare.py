@@ -30,7 +30,7 @@ class Comparison:
     reference: str
     keys: list[tuple]  # the (split, seed) pairs; (task, split, seed) in an all-tasks row
     result: Paired
-    scores: list[tuple[float, float]]  # (system, reference) score of each pair, in the order of `keys`
+    scores: list[tuple[float, float]]  # (system, reference) score of each pair of `keys` (all-tasks row: each unit)
     runs: list[tuple[str, str]]  # (system, reference) run of each pair: a multi-task run scores several tasks
     bootstrap: Optional[Bootstrap] = None
     bootstrap_note: str = ""  # why there is no example-level test
