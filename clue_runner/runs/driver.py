@@ -20,6 +20,7 @@ from typing import Callable, Optional
 
 from ..config import ExperimentConfig
 from ..engine import distributed
+from ..engine.source import silent
 from ..errors import DiskError, RunError, disk_error_line, is_disk_error
 from .naming import model_slug
 from .prepare import load_task_data, prepare
@@ -33,16 +34,12 @@ def console_log(message: str) -> None:
     Console(stderr=True).print(message, highlight=False)
 
 
-def quiet(message: str) -> None:
-    pass
-
-
 def train(cfg: Optional[ExperimentConfig], resume: Optional[Path] = None, on_event: Optional[Callable] = None,
           log: Optional[Callable[[str], None]] = None, run_dir: Optional[Path] = None) -> Path:
     """Fine-tune, keep the best checkpoint, write the run JSON; returns the run directory (see `api.train`)."""
     clock = time.perf_counter()
     writes = distributed.is_main()
-    log = quiet if not writes else (log or console_log)
+    log = silent if not writes else (log or console_log)
     if run_dir is not None and (Path(run_dir) / RESULT_FILE).is_file():
         raise RunError(f"{run_dir} already holds a finished run ({RESULT_FILE}); choose another --run-dir")
     run = None
